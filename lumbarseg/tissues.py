@@ -1,0 +1,114 @@
+"""The label schema: tissue classes, disc levels, vertebrae, label values and colours.
+
+Two encodings, both defined here and nowhere else:
+
+* **Tissue classes** (``TISSUES``): what a network predicts per voxel, one channel per class.
+  These are the tissues of the paper's Table 7 plus the sacrum, which the level naming needs.
+* **Study labels** (``STUDY_LABELS``): what a label map written by this project holds (phantom
+  ground truth, the served segmentation, DICOM-SEG segments): each disc and vertebral body is its
+  own value named by level; the other tissues keep one value each. A study label name maps to
+  its tissue class with :func:`tissue_of`.
+
+Label maps from elsewhere (the shared data sets) come with their own value -> name table (the
+manifest's ``structures`` column); names are the same vocabulary, so :func:`tissue_of` reads
+them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tissue:
+    index: int  # channel of the network output
+    name: str  # machine name, as in manifests and JSON
+    title: str  # for people: viewers, reports
+    color: tuple[int, int, int]  # RGB, 0..255
+
+
+TISSUES: tuple[Tissue, ...] = (
+    Tissue(0, "background", "Background", (0, 0, 0)),
+    Tissue(1, "disc", "Intervertebral disc", (80, 200, 255)),
+    Tissue(2, "hernia", "Disc herniation", (255, 60, 60)),
+    Tissue(3, "dural_sac", "Dural sac", (255, 230, 80)),
+    Tissue(4, "vertebral_body", "Vertebral body", (240, 240, 200)),
+    Tissue(5, "articular_process", "Articular process", (180, 120, 255)),
+    Tissue(6, "ligamentum_flavum", "Ligamentum flavum", (255, 160, 40)),
+    Tissue(7, "spinous_process", "Spinous process", (120, 220, 120)),
+    Tissue(8, "sacrum", "Sacrum", (200, 170, 130)),
+)
+TISSUE_NAMES: tuple[str, ...] = tuple(t.name for t in TISSUES)
+NUM_TISSUES = len(TISSUES)
+
+# Cranial to caudal. The seven discs of the IVDM3Seg / paper labelling.
+DISC_LEVELS: tuple[str, ...] = ("T11-T12", "T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+VERTEBRAE: tuple[str, ...] = ("T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1")
+
+
+def _study_labels() -> dict[int, str]:
+    labels = {
+        1: "dural_sac",
+        2: "hernia",
+        3: "articular_process",
+        4: "ligamentum_flavum",
+        5: "spinous_process",
+        6: "sacrum",
+        # A disc or body whose level is not known (a prediction before level naming, or an
+        # extra disc above T11).
+        9: "disc",
+        19: "vertebral_body",
+    }
+    labels.update({10 + i: level for i, level in enumerate(DISC_LEVELS)})
+    # S1 is the sacrum's top body; it is labelled as "sacrum" (value 6), not as a vertebra.
+    labels.update({20 + i: v for i, v in enumerate(VERTEBRAE[:-1])})
+    return dict(sorted(labels.items()))
+
+
+STUDY_LABELS: dict[int, str] = _study_labels()
+STUDY_VALUES: dict[str, int] = {name: value for value, name in STUDY_LABELS.items()}
+
+
+def tissue_of(name: str) -> Tissue:
+    """The tissue class a structure name denotes: a class name, a disc level or a vertebra."""
+    if name in DISC_LEVELS:
+        return TISSUES[1]
+    if name == "S1":
+        return TISSUES[8]
+    if name in VERTEBRAE:
+        return TISSUES[4]
+    for tissue in TISSUES:
+        if tissue.name == name:
+            return tissue
+    raise KeyError(f"unknown structure name {name!r}; expected a tissue class, disc level or vertebra")
+
+
+def is_known_structure(name: str) -> bool:
+    try:
+        tissue_of(name)
+    except KeyError:
+        return False
+    return True
+
+
+def parse_structures(text: str) -> dict[int, str]:
+    """Parse a manifest ``structures`` cell, ``'1=L5-S1;2=L4-L5'`` -> ``{1: 'L5-S1', 2: 'L4-L5'}``."""
+    table: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        value, sep, name = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"bad structures entry {item!r}; expected 'value=name'")
+        name = name.strip()
+        if not is_known_structure(name):
+            raise ValueError(f"unknown structure name {name!r} in {text!r}")
+        table[int(value)] = name
+    return table
+
+
+def format_structures(table: dict[int, str]) -> str:
+    """Inverse of :func:`parse_structures`."""
+    return ";".join(f"{value}={name}" for value, name in sorted(table.items()))
+
+
+def study_label_color(name: str) -> tuple[int, int, int]:
+    return tissue_of(name).color

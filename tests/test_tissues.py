@@ -1,0 +1,28 @@
+import pytest
+
+from lumbarseg import tissues
+
+
+def test_study_labels_name_every_level_and_vertebra_once():
+    names = list(tissues.STUDY_LABELS.values())
+    assert len(names) == len(set(names))
+    for name in (*tissues.DISC_LEVELS, *tissues.VERTEBRAE[:-1]):
+        assert name in tissues.STUDY_VALUES
+    # every tissue class but background is reachable from a study label
+    reached = {tissues.tissue_of(n).name for n in names}
+    assert reached == set(tissues.TISSUE_NAMES) - {"background"}
+
+
+@pytest.mark.parametrize("name, tissue", [("L5-S1", "disc"), ("T11", "vertebral_body"), ("S1", "sacrum"),
+                                          ("dural_sac", "dural_sac"), ("hernia", "hernia")])
+def test_tissue_of(name, tissue):
+    assert tissues.tissue_of(name).name == tissue
+
+
+def test_structures_round_trip_and_errors():
+    table = {1: "L5-S1", 2: "L4-L5", 7: "vertebral_body"}
+    assert tissues.parse_structures(tissues.format_structures(table)) == table
+    with pytest.raises(ValueError, match="unknown structure"):
+        tissues.parse_structures("1=L6-S1")
+    with pytest.raises(ValueError, match="value=name"):
+        tissues.parse_structures("disc")
