@@ -37,3 +37,36 @@ def normalize(name: str) -> str:
     from other protocols still load."""
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     return _ALIASES.get(key, key)
+
+
+# The network's three input slots, after the paper's "3 most useful modalities": a fluid-bright
+# contrast first (CSF and discs bright: the structures segmented), a fat-bright one second, then
+# whatever else the study has. Fixed slots keep a channel's meaning stable across protocols.
+SLOTS: tuple[tuple[str, ...], ...] = (
+    ("t2w", "dixon_water", "stir", "dixon_in"),
+    ("t1w", "dixon_fat", "dixon_in"),
+    ("dixon_opp", "dixon_in", "stir", "dixon_water"),
+)
+
+
+def select_channels(names: tuple[str, ...] | list[str]) -> list[int]:
+    """Indices of ``names`` feeding the three input slots.
+
+    Each slot takes the first contrast of its preference list the study has and no earlier slot
+    took; a slot left empty takes the first channel not yet used (unknown contrasts included);
+    when the study has fewer than three channels, empty slots repeat slot 0. Never fails for a
+    non-empty study.
+    """
+    if not names:
+        raise ValueError("a study needs at least one image channel")
+    names = [normalize(n) for n in names]
+    chosen: list[int | None] = []
+    for prefs in SLOTS:
+        pick = next((names.index(p) for p in prefs if p in names and names.index(p) not in chosen), None)
+        chosen.append(pick)
+    for slot, pick in enumerate(chosen):
+        if pick is None:
+            unused = [i for i in range(len(names)) if i not in chosen]
+            chosen[slot] = unused[0] if unused else None
+    # Slot 0 is always filled by now: it takes channel 0 if nothing else.
+    return [chosen[0] if c is None else c for c in chosen]

@@ -1,0 +1,119 @@
+"""Volumes <-> per-plane slice stacks, and the position encoding the fusion reads.
+
+Data contract:
+
+* A **canonical volume** is channels first ``(C, X, Y, Z)`` in the closest RAS orientation of
+  its series: axis X runs left->right, Y posterior->anterior, Z inferior->superior. Every
+  plane network sees slices cut from canonical volumes, so a slice looks the same whatever
+  the stored orientation was.
+* A plane's **slice stack** is ``(N, C, H, W)``: N slices along the plane's normal axis
+  (sagittal: X, coronal: Y, axial: Z), each keeping the other two axes in order.
+  :func:`restack` is the exact inverse of :func:`slice_stack`.
+* The **fusion input** is ``(P * (K + 1), X, Y, Z)``, plane-major in :data:`PLANES` order: for
+  each plane its K class probabilities, then its position channel. The position channel is
+  the voxel's relative position along the plane's normal, ``(i + 0.5) / N`` in ``(0, 1)``, and
+  ``0`` where that plane has no slice covering the voxel (its probabilities are 0 there too).
+  It is the paper's "relative position encoding parameter": a 2D model is most reliable in the
+  middle of an object along its normal, and the fusion learns where to trust which plane.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, TypeVar
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import ScaleIntensityRangePercentiles
+
+from lumbarseg.io.study import Series
+from lumbarseg.modalities import select_channels
+
+PLANES: tuple[str, ...] = ("sagittal", "coronal", "axial")
+NORMAL_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # in a canonical (X, Y, Z) volume
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+_RAS = nib.orientations.axcodes2ornt("RAS")
+
+
+def _transform(affine: np.ndarray) -> np.ndarray:
+    return nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
+
+
+def to_canonical(series: Series) -> Series:
+    """The series reoriented (axis flips and permutations only, no resampling) to closest RAS."""
+    ornt = _transform(series.affine)
+
+    def apply(volume: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(nib.orientations.apply_orientation(volume, ornt))
+
+    image = np.stack([apply(channel) for channel in series.image])
+    affine = series.affine @ nib.orientations.inv_ornt_aff(ornt, series.shape)
+    label = None if series.label is None else apply(series.label)
+    return Series(image, affine, series.modalities, series.description, label, series.source, dict(series.meta))
+
+
+def from_canonical(volume: np.ndarray, source: Series) -> np.ndarray:
+    """Inverse of :func:`to_canonical` for an array ``(..., X, Y, Z)`` on the canonical grid of
+    ``source``: back to the stored orientation (for writing labels next to the image)."""
+    back = nib.orientations.ornt_transform(_RAS, nib.orientations.io_orientation(source.affine))
+    lead = volume.shape[:-3]
+    flat = volume.reshape(-1, *volume.shape[-3:])
+    out = np.stack([nib.orientations.apply_orientation(v, back) for v in flat])
+    return np.ascontiguousarray(out.reshape(*lead, *out.shape[-3:]))
+
+
+def slice_stack(volume: Array, plane: str) -> Array:
+    """``(C, X, Y, Z)`` -> ``(N, C, H, W)`` slices along ``plane``'s normal (a view, no copy)."""
+    axis = 1 + NORMAL_AXIS[plane]
+    return volume.movedim(axis, 0) if isinstance(volume, torch.Tensor) else np.moveaxis(volume, axis, 0)
+
+
+def restack(slices: Array, plane: str) -> Array:
+    """``(N, K, H, W)`` per-slice outputs -> ``(K, X, Y, Z)`` on the canonical grid."""
+    axis = 1 + NORMAL_AXIS[plane]
+    return slices.movedim(0, axis) if isinstance(slices, torch.Tensor) else np.moveaxis(slices, 0, axis)
+
+
+def position_encoding(shape: tuple[int, int, int], plane: str, covered: np.ndarray | None = None) -> np.ndarray:
+    """``(X, Y, Z)`` float32: relative position along the plane's normal, 0 where not covered."""
+    axis = NORMAL_AXIS[plane]
+    n = shape[axis]
+    ramp = ((np.arange(n, dtype=np.float32) + 0.5) / n).reshape([-1 if a == axis else 1 for a in range(3)])
+    encoding = np.broadcast_to(ramp, shape).astype(np.float32)
+    return encoding if covered is None else np.where(covered, encoding, np.float32(0))
+
+
+def fusion_input(
+    probabilities: Mapping[str, np.ndarray],
+    shape: tuple[int, int, int],
+    num_classes: int,
+    covered: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Stack per-plane ``(K, X, Y, Z)`` probabilities and position channels into the fusion's
+    ``(P * (K + 1), X, Y, Z)`` input. A plane absent from ``probabilities`` contributes zeros
+    everywhere (no data), so fusion still answers from the planes that are there."""
+    channels = []
+    for plane in PLANES:
+        probs = probabilities.get(plane)
+        if probs is None:
+            channels.append(np.zeros((num_classes + 1, *shape), np.float32))
+            continue
+        if probs.shape != (num_classes, *shape):
+            raise ValueError(f"{plane} probabilities have shape {probs.shape}, expected {(num_classes, *shape)}")
+        mask = None if covered is None else covered.get(plane)
+        channels.append(probs.astype(np.float32, copy=False))
+        channels.append(position_encoding(shape, plane, mask)[None])
+    return np.concatenate(channels, axis=0)
+
+
+_scale = ScaleIntensityRangePercentiles(lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True, channel_wise=True)
+
+
+def network_input(series: Series) -> np.ndarray:
+    """The three input channels for a study, ``(3, X, Y, Z)`` float32 on the canonical grid:
+    contrasts chosen by :func:`lumbarseg.modalities.select_channels`, each scaled so its 1st and
+    99th percentiles map to 0 and 1 (robust to scanner units, bias and outliers)."""
+    canonical = to_canonical(series)
+    chosen = canonical.image[select_channels(canonical.modalities)]
+    return np.asarray(_scale(chosen), dtype=np.float32)
