@@ -1,0 +1,110 @@
+"""Studies -> training volumes for the plane networks, with what each set does not annotate.
+
+The real sets label different structures (discs in one, vertebral bodies in others) and only
+some levels of what their images show (a T2 set labels T11-L5 bodies, yet T10 and S1 are in
+view). So a voxel labelled 0 is background only for the classes the set annotates *at that
+height*. Each :class:`TrainingVolume` keeps, per tissue class, the superior-inferior extent of
+its labelled voxels (``extent``); outside it, or for a class the set never names, the class
+is *unknown*, and :func:`allowed_classes` lets the loss accept it there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lumbarseg import planes, tissues
+from lumbarseg.io.study import Study, StudyError
+
+IGNORE = 255  # a target value meaning "not annotated here" (padding in augmentations)
+
+
+@dataclass
+class TrainingVolume:
+    key: str  # "<set>/<subject>"
+    image: np.ndarray  # (3, X, Y, Z) float32, canonical, network-normalised, at the preset spacing
+    target: np.ndarray  # (X, Y, Z) uint8 tissue class (lumbarseg.tissues.TISSUES index)
+    extent: np.ndarray  # (K, 2) int: z range [lo, hi] where class k is annotated; lo > hi: nowhere
+    spacing: float  # mm, isotropic
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.target.shape  # type: ignore[return-value]
+
+
+def tissue_target(label: np.ndarray, structures: dict[int, str]) -> np.ndarray:
+    """Study label values -> tissue class indices. Values the table does not name are not
+    annotated structures; they become :data:`IGNORE`."""
+    lut = np.full(max(int(label.max()), max(structures, default=0)) + 1, IGNORE, np.uint8)
+    lut[0] = 0
+    for value, name in structures.items():
+        lut[value] = tissues.tissue_of(name).index
+    return lut[label]
+
+
+def class_extents(target: np.ndarray, annotated: set[int]) -> np.ndarray:
+    """Per tissue class, the z-index range (canonical axis 2, inferior->superior) of its
+    labelled voxels; classes the set does not annotate get an empty range. Background counts
+    as annotated wherever any class is."""
+    extent = np.tile(np.array([[1, 0]]), (tissues.NUM_TISSUES, 1))
+    for k in annotated:
+        z = np.flatnonzero((target == k).any(axis=(0, 1)))
+        if z.size:
+            extent[k] = (z[0], z[-1])
+    return extent
+
+
+def _resample(volume: np.ndarray, size: tuple[int, int, int], mode: str) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(volume))[None]
+    if mode == "nearest":
+        return F.interpolate(t.float(), size=size, mode="nearest-exact")[0].to(t.dtype).numpy()
+    return F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0].numpy()
+
+
+def prepare(study: Study, spacing: float) -> TrainingVolume:
+    """A labelled study as a training volume: canonical orientation, three normalised input
+    channels, isotropic ``spacing`` (mm), tissue targets and annotated extents."""
+    series = study.primary
+    if series.label is None:
+        raise StudyError(study.source or study.subject, "the study has no label map to train on")
+    image = planes.network_input(series)
+    canonical = planes.to_canonical(series)
+    target = tissue_target(canonical.label, study.structures)
+    size = tuple(max(1, int(round(n * s / spacing))) for n, s in zip(canonical.shape, canonical.spacing))
+    image = _resample(image, size, "trilinear")
+    target = _resample(target[None], size, "nearest")[0]
+    annotated = {tissues.tissue_of(name).index for name in study.structures.values()}
+    return TrainingVolume(
+        key=f"{study.set}/{study.subject}", image=image, target=target,
+        extent=class_extents(target, annotated), spacing=spacing,
+    )
+
+
+def allowed_classes(target: np.ndarray, extent: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``(K, *target.shape)`` bool: the classes each voxel may belong to.
+
+    ``target`` is a slice (or volume) of tissue classes, ``z`` the canonical z index of each of
+    its voxels (broadcastable). A labelled voxel allows only its class; a voxel labelled 0
+    allows background and every class not annotated at its height; :data:`IGNORE` allows all.
+    """
+    k = np.arange(tissues.NUM_TISSUES).reshape(-1, *([1] * target.ndim))
+    known = (extent[:, 0].reshape(k.shape) <= z) & (z <= extent[:, 1].reshape(k.shape))
+    allowed = np.where(target == 0, ~known, target == k)
+    allowed[0] |= target == 0
+    allowed |= target == IGNORE
+    return allowed
+
+
+def save_volume(volume: TrainingVolume, path: Path) -> None:
+    np.savez(path, key=volume.key, image=volume.image.astype(np.float16), target=volume.target,
+             extent=volume.extent, spacing=volume.spacing)
+
+
+def load_volume(path: Path) -> TrainingVolume:
+    with np.load(path) as f:
+        return TrainingVolume(str(f["key"]), f["image"].astype(np.float32), f["target"], f["extent"],
+                              float(f["spacing"]))

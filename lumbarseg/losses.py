@@ -1,0 +1,51 @@
+"""Losses for partially annotated targets.
+
+A target here is a boolean ``allowed`` map ``(B, K, H, W)``: which classes each pixel may
+belong to (see :func:`lumbarseg.datasets.allowed_classes`). Fully annotated pixels allow one
+class; a pixel whose set does not annotate some classes allows those too. Cross-entropy
+becomes the *marginal* likelihood of the allowed classes (Shi et al., "Marginal loss and
+exclusion loss for partially supervised multi-organ segmentation", MedIA 2021), so a structure
+that a set leaves unlabelled is never taught as background.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def marginal_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of ``-log sum_{k allowed} softmax(logits)_k``."""
+    log_total = torch.logsumexp(logits, dim=1)
+    log_allowed = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1)
+    return (log_total - log_allowed).mean()
+
+
+def known_dice_loss(logits: torch.Tensor, allowed: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per foreground class, counted only where that class's truth is known
+    (the pixel is surely it, or surely not it), averaged over classes present in the batch."""
+    probs = logits.softmax(dim=1)[:, 1:]
+    allowed = allowed[:, 1:]
+    sure = allowed & (allowed.sum(dim=1, keepdim=True) == 1)
+    known = (~allowed | sure).float()
+    truth = sure.float()
+    dims = (0, 2, 3)
+    intersection = (probs * truth).sum(dims)
+    denominator = (probs * known).sum(dims) + truth.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    present = truth.sum(dims) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    return 1.0 - dice[present].mean()
+
+
+class PartialDiceCELoss(nn.Module):
+    """Marginal cross-entropy plus known-region Dice, MONAI DiceCELoss's shape for partial labels."""
+
+    def __init__(self, *, dice_weight: float = 1.0, ce_weight: float = 1.0):
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+
+    def forward(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        return self.ce_weight * marginal_cross_entropy(logits, allowed) + self.dice_weight * known_dice_loss(logits, allowed)

@@ -1,0 +1,84 @@
+"""Training targets for partially annotated sets, and the loss that respects them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lumbarseg import datasets, tissues
+from lumbarseg.io import manifest
+from lumbarseg.losses import PartialDiceCELoss, known_dice_loss, marginal_cross_entropy
+
+DISC, VB = tissues.TISSUE_NAMES.index("disc"), tissues.TISSUE_NAMES.index("vertebral_body")
+
+
+def test_unannotated_classes_and_heights_are_allowed_not_background():
+    # a column of 10 z positions: discs labelled at z 3 and 6 (value 1 and 2); nothing else named
+    label = np.zeros((1, 1, 10), np.uint16)
+    label[..., 3], label[..., 6] = 1, 2
+    target = datasets.tissue_target(label, {1: "L5-S1", 2: "L4-L5"})
+    assert target[0, 0, 3] == DISC == target[0, 0, 6]
+    extent = datasets.class_extents(target, {DISC})
+    assert tuple(extent[DISC]) == (3, 6) and extent[VB][0] > extent[VB][1]
+    z = np.arange(10).reshape(1, 1, 10)
+    allowed = datasets.allowed_classes(target, extent, z)
+    # a labelled disc voxel allows only disc
+    assert allowed[:, 0, 0, 3].tolist() == [k == DISC for k in range(tissues.NUM_TISSUES)]
+    # a 0 voxel between labelled discs is surely not a disc, but may be a (never annotated) body
+    assert not allowed[DISC, 0, 0, 4] and allowed[VB, 0, 0, 4] and allowed[0, 0, 0, 4]
+    # above the labelled extent (an unlabelled disc further up) a disc is allowed
+    assert allowed[DISC, 0, 0, 8]
+
+
+def test_unnamed_label_values_are_ignored():
+    label = np.array([[[0, 1, 7]]])
+    target = datasets.tissue_target(label, {1: "disc"})
+    assert target.tolist() == [[[0, DISC, datasets.IGNORE]]]
+    allowed = datasets.allowed_classes(target, datasets.class_extents(target, {DISC}), np.arange(3))
+    assert allowed[:, 0, 0, 2].all()
+
+
+def test_marginal_loss_is_cross_entropy_when_fully_annotated_and_free_where_unknown():
+    logits = torch.randn(2, tissues.NUM_TISSUES, 4, 5)
+    target = torch.randint(0, tissues.NUM_TISSUES, (2, 4, 5))
+    onehot = torch.nn.functional.one_hot(target, tissues.NUM_TISSUES).permute(0, 3, 1, 2).bool()
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.allclose(marginal_cross_entropy(logits, onehot), ce, atol=1e-5)
+    assert marginal_cross_entropy(logits, torch.ones_like(onehot)).abs() < 1e-6
+    assert known_dice_loss(logits, torch.ones_like(onehot)) == 0  # nothing known: no signal
+
+
+def test_partial_loss_trains_a_tiny_model_without_touching_unknown_classes():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, tissues.NUM_TISSUES, 1)
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 2:5, 2:5] = 1
+    allowed = torch.zeros(1, tissues.NUM_TISSUES, 8, 8, dtype=torch.bool)
+    allowed[:, DISC, 2:5, 2:5] = True
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:5, 2:5] = False
+    allowed[:, :, outside] = True
+    allowed[:, DISC, outside] = False  # outside the square: anything but disc
+    loss_fn = PartialDiceCELoss()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    first = loss_fn(model(x), allowed).item()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = loss_fn(model(x), allowed)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    pred = model(x).argmax(1)[0]
+    assert (pred[2:5, 2:5] == DISC).all() and not (pred[outside] == DISC).any()
+
+
+@pytest.mark.realdata
+def test_prepared_real_volume_keeps_labels_and_extents(shared_data):
+    entry = next(e for e in manifest.read_manifest(shared_data) if e.set == "lumbar_ivd_t2")
+    volume = datasets.prepare(manifest.load_entry(entry), spacing=2.0)
+    assert volume.image.shape == (3, *volume.shape)
+    assert set(np.unique(volume.target).tolist()) == {0, DISC}
+    lo, hi = volume.extent[DISC]
+    z = np.flatnonzero((volume.target == DISC).any(axis=(0, 1)))
+    assert (lo, hi) == (z[0], z[-1]) and volume.extent[VB][0] > volume.extent[VB][1]
