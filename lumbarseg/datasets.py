@@ -108,3 +108,30 @@ def load_volume(path: Path) -> TrainingVolume:
     with np.load(path) as f:
         return TrainingVolume(str(f["key"]), f["image"].astype(np.float32), f["target"], f["extent"],
                               float(f["spacing"]))
+
+
+def encode_allowed(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, H, W)`` bool -> a code map ``(H, W)`` uint8 and a table ``(codes, K)`` bool, so the
+    allowed sets can travel through label augmentations (nearest-neighbour) as plain values.
+    Code :data:`IGNORE` (augmentation padding) decodes to "all classes allowed"."""
+    patterns, codes = np.unique(allowed.reshape(allowed.shape[0], -1).T, axis=0, return_inverse=True)
+    if len(patterns) >= IGNORE:
+        raise ValueError(f"{len(patterns)} distinct allowed-class sets in one slice; at most {IGNORE - 1} fit")
+    table = np.ones((IGNORE + 1, allowed.shape[0]), bool)
+    table[: len(patterns)] = patterns
+    return codes.reshape(allowed.shape[1:]).astype(np.uint8), table
+
+
+def decode_allowed(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_allowed`: ``(H, W)`` codes -> ``(K, H, W)`` bool."""
+    return np.moveaxis(table[codes], -1, 0)
+
+
+def plane_slice(volume: TrainingVolume, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slice ``index`` of a volume along ``plane``: image ``(3, H, W)`` and allowed ``(K, H, W)``."""
+    image = planes.slice_stack(volume.image, plane)[index]
+    target = planes.slice_stack(volume.target[None], plane)[index, 0]
+    # Canonical z (inferior->superior) is the slice index of an axial slice, and the last
+    # in-plane axis (W) of sagittal and coronal slices.
+    z = np.array(index) if plane == "axial" else np.arange(volume.shape[2])[None, :]
+    return image, allowed_classes(target, volume.extent, z)

@@ -82,3 +82,20 @@ def test_prepared_real_volume_keeps_labels_and_extents(shared_data):
     lo, hi = volume.extent[DISC]
     z = np.flatnonzero((volume.target == DISC).any(axis=(0, 1)))
     assert (lo, hi) == (z[0], z[-1]) and volume.extent[VB][0] > volume.extent[VB][1]
+
+
+def test_allowed_sets_survive_encoding_and_planes_agree():
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 3, (6, 5, 8)).astype(np.uint8)
+    target[:, :, :2] = 0  # below the labelled extent
+    volume = datasets.TrainingVolume("s/1", rng.random((3, 6, 5, 8), np.float32), target,
+                                     datasets.class_extents(target, {1, 2}), 1.0)
+    full = datasets.allowed_classes(target, volume.extent, np.arange(8))
+    for plane, axis in (("sagittal", 1), ("coronal", 2), ("axial", 3)):
+        image, allowed = datasets.plane_slice(volume, plane, 1)
+        np.testing.assert_array_equal(allowed, np.take(full, 1, axis=axis))
+        np.testing.assert_array_equal(image, np.take(volume.image, 1, axis=axis))
+        codes, table = datasets.encode_allowed(allowed)
+        np.testing.assert_array_equal(datasets.decode_allowed(codes, table), allowed)
+    codes[0, 0] = datasets.IGNORE
+    assert datasets.decode_allowed(codes, table)[:, 0, 0].all()
