@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
 from lumbarseg import planes, tissues
 from lumbarseg.io.study import Study, StudyError
 
-IGNORE = 255  # a target value meaning "not annotated here" (padding in augmentations)
+IGNORE = tissues.IGNORE
 
 
 @dataclass
@@ -58,13 +55,6 @@ def class_extents(target: np.ndarray, annotated: set[int]) -> np.ndarray:
     return extent
 
 
-def _resample(volume: np.ndarray, size: tuple[int, int, int], mode: str) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(volume))[None]
-    if mode == "nearest":
-        return F.interpolate(t.float(), size=size, mode="nearest-exact")[0].to(t.dtype).numpy()
-    return F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0].numpy()
-
-
 def prepare(study: Study, spacing: float) -> TrainingVolume:
     """A labelled study as a training volume: canonical orientation, three normalised input
     channels, isotropic ``spacing`` (mm), tissue targets and annotated extents."""
@@ -74,9 +64,9 @@ def prepare(study: Study, spacing: float) -> TrainingVolume:
     image = planes.network_input(series)
     canonical = planes.to_canonical(series)
     target = tissue_target(canonical.label, study.structures)
-    size = tuple(max(1, int(round(n * s / spacing))) for n, s in zip(canonical.shape, canonical.spacing))
-    image = _resample(image, size, "trilinear")
-    target = _resample(target[None], size, "nearest")[0]
+    size = planes.grid_size(canonical, spacing)
+    image = planes.resample(image, size, "trilinear")
+    target = planes.resample(target[None], size, "nearest")[0]
     annotated = {tissues.tissue_of(name).index for name in study.structures.values()}
     return TrainingVolume(
         key=f"{study.set}/{study.subject}", image=image, target=target,
@@ -111,15 +101,25 @@ def load_volume(path: Path) -> TrainingVolume:
 
 
 def encode_allowed(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, H, W)`` bool -> a code map ``(H, W)`` uint8 and a table ``(codes, K)`` bool, so the
+    """``(K, H, W)`` bool -> a code map ``(H, W)`` uint8 and a table ``(256, K)`` bool, so the
     allowed sets can travel through label augmentations (nearest-neighbour) as plain values.
-    Code :data:`IGNORE` (augmentation padding) decodes to "all classes allowed"."""
-    patterns, codes = np.unique(allowed.reshape(allowed.shape[0], -1).T, axis=0, return_inverse=True)
-    if len(patterns) >= IGNORE:
-        raise ValueError(f"{len(patterns)} distinct allowed-class sets in one slice; at most {IGNORE - 1} fit")
-    table = np.ones((IGNORE + 1, allowed.shape[0]), bool)
-    table[: len(patterns)] = patterns
-    return codes.reshape(allowed.shape[1:]).astype(np.uint8), table
+
+    A pixel that is surely class c gets code c, so tissue-aware augmentations still see real
+    tissue masks; other allowed sets get codes from K up; code :data:`IGNORE` (augmentation
+    padding) decodes to "all classes allowed"."""
+    k = allowed.shape[0]
+    table = np.ones((IGNORE + 1, k), bool)
+    table[:k] = np.eye(k, dtype=bool)
+    patterns, inverse = np.unique(allowed.reshape(k, -1).T, axis=0, return_inverse=True)
+    single = patterns.sum(axis=1) == 1
+    mixed = np.flatnonzero(~single)
+    if k + len(mixed) > IGNORE:
+        raise ValueError(f"{len(mixed)} distinct allowed-class sets in one slice; at most {IGNORE - k} fit")
+    code_of = np.empty(len(patterns), np.uint8)
+    code_of[single] = patterns[single].argmax(axis=1)
+    code_of[mixed] = k + np.arange(len(mixed))
+    table[k : k + len(mixed)] = patterns[mixed]
+    return code_of[inverse.reshape(-1)].reshape(allowed.shape[1:]), table
 
 
 def decode_allowed(codes: np.ndarray, table: np.ndarray) -> np.ndarray:

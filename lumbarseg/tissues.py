@@ -38,6 +38,10 @@ TISSUES: tuple[Tissue, ...] = (
     Tissue(7, "spinous_process", "Spinous process", (120, 220, 120)),
     Tissue(8, "sacrum", "Sacrum", (200, 170, 130)),
 )
+# Label value of a pixel whose class is not annotated (unnamed structures, augmentation
+# padding): losses allow every class there and metrics skip it.
+IGNORE = 255
+
 TISSUE_NAMES: tuple[str, ...] = tuple(t.name for t in TISSUES)
 NUM_TISSUES = len(TISSUES)
 

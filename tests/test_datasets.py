@@ -97,5 +97,10 @@ def test_allowed_sets_survive_encoding_and_planes_agree():
         np.testing.assert_array_equal(image, np.take(volume.image, 1, axis=axis))
         codes, table = datasets.encode_allowed(allowed)
         np.testing.assert_array_equal(datasets.decode_allowed(codes, table), allowed)
+        # pixels surely of one class carry that class as their code (tissue-aware augmentations)
+        slice_target = np.take(target, 1, axis=axis - 1)
+        sure = allowed.sum(axis=0) == 1
+        np.testing.assert_array_equal(codes[sure], allowed[:, sure].argmax(axis=0))
+        assert (codes[slice_target == 2] == 2).all()
     codes[0, 0] = datasets.IGNORE
     assert datasets.decode_allowed(codes, table)[:, 0, 0].all()
