@@ -1,0 +1,1 @@
+"""NVIDIA Triton: the local server launcher (and, later, export and client)."""
