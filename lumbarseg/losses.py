@@ -1,6 +1,6 @@
 """Losses for partially annotated targets.
 
-A target here is a boolean ``allowed`` map ``(B, K, H, W)``: which classes each pixel may
+A target here is a boolean ``allowed`` map ``(B, K, *spatial)``: which classes each pixel may
 belong to (see :func:`lumbarseg.datasets.allowed_classes`). Fully annotated pixels allow one
 class; a pixel whose set does not annotate some classes allows those too. Cross-entropy
 becomes the *marginal* likelihood of the allowed classes (Shi et al., "Marginal loss and
@@ -29,7 +29,7 @@ def known_dice_loss(logits: torch.Tensor, allowed: torch.Tensor, smooth: float =
     sure = allowed & (allowed.sum(dim=1, keepdim=True) == 1)
     known = (~allowed | sure).float()
     truth = sure.float()
-    dims = (0, 2, 3)
+    dims = (0, *range(2, logits.ndim))  # batch and every spatial axis: 2D slices or 3D patches
     intersection = (probs * truth).sum(dims)
     denominator = (probs * known).sum(dims) + truth.sum(dims)
     dice = (2 * intersection + smooth) / (denominator + smooth)

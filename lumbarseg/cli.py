@@ -1,0 +1,149 @@
+"""``lumbarseg`` command line: one subcommand per job, each with ``-h``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lumbarseg import __version__
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "lite"
+
+
+def _phantoms(args: argparse.Namespace) -> int:
+    from lumbarseg import phantom
+
+    overrides = {}
+    if args.modalities:
+        overrides["modalities"] = tuple(args.modalities.split(","))
+    manifest = phantom.write_phantoms(Path(args.out), args.count, args.seed, **overrides)
+    print(f"wrote {args.count} studies and {manifest}")
+    if args.dicom:
+        from lumbarseg.io.dicom import write_dicom_study
+
+        for i in range(args.count):
+            study = phantom.clinical_study(phantom.study_seed(args.seed, i), **overrides)
+            folder = write_dicom_study(study, Path(args.out) / "dicom" / study.subject, patient_id=study.subject)
+            print(f"wrote clinical DICOM layout (sagittal + angulated axial stacks) to {folder}")
+    _inspect_paths([manifest.parent])
+    return 0
+
+
+def _inspect_paths(paths: list[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lumbarseg import io
+
+    table = Table("study", "series", "modalities", "shape", "spacing mm", "orientation", "structures")
+    for path in paths:
+        if (path / "manifest.csv").is_file() or path.name == "manifest.csv":
+            studies = [io.load_entry(e) for e in io.read_manifest(path)]
+        else:
+            studies = [io.load_study(path)]
+        for study in studies:
+            for series in study.series:
+                present = ""
+                if series.label is not None:
+                    values = sorted(int(v) for v in set(series.label.ravel().tolist()) - {0})
+                    present = ", ".join(study.structures.get(v, f"{v}=?") for v in values)
+                table.add_row(
+                    f"{study.set}/{study.subject}" if study.set else study.subject,
+                    series.description, ";".join(series.modalities),
+                    "x".join(map(str, series.shape)),
+                    "x".join(f"{s:.2g}" for s in series.spacing), "".join(series.axcodes), present,
+                )
+    Console().print(table)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    _inspect_paths([Path(p) for p in args.paths])
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from lumbarseg.training import TrainingPreset, train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
+    model = train(TrainingPreset.load(args.preset), [Path(d) for d in args.data], out)
+    print(f"weights: {model}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from lumbarseg.evaluation import evaluate, print_results
+
+    results = evaluate(args.weights, args.data, all_subjects=args.all_subjects)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print_results(results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumbarseg", description="Lumbar spine MRI segmentation: studies, models, serving."
+    )
+    parser.add_argument("--version", action="version", version=f"lumbarseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantoms", help="write synthetic lumbar spine studies with full ground truth",
+                       description="Write synthetic lumbar spine studies (NIfTI image, label map, truth JSON) "
+                                   "and a manifest.csv in the shared-data layout.")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--count", type=int, default=3, help="number of studies (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same studies")
+    p.add_argument("--modalities", help="comma-separated contrasts for every study, e.g. t2w,t1w "
+                                        "(default: 1-4 drawn per study)")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write each study in the clinical layout as DICOM: a sparse sagittal stack "
+                        "plus one angulated axial stack per disc, under OUT/dicom/<subject>/")
+    p.set_defaults(run=_phantoms)
+
+    p = sub.add_parser("inspect", help="summarise studies: series, modalities, grid, labelled structures",
+                       description="Load studies the way every other command does and print a summary. "
+                                   "PATH is a NIfTI file, a DICOM folder, an IVDM3Seg prefix or a data "
+                                   "folder with a manifest.csv.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("train", help="train the three plane networks, then the fusion on out-of-fold predictions",
+                       description="Train on data folders (manifest layout) plus phantoms, with the subject split "
+                                   "of configs/data/split.json. Resumes from OUT/checkpoints when rerun.")
+    p.add_argument("--data", nargs="+", required=True, help="data folders with a manifest.csv")
+    p.add_argument("--preset", default="lite", help="training preset: a name in configs/training or a JSON path")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, cache, log, learning curves, model/")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="Dice per class, per subject and per level for each plane and the ensemble",
+                       description="Evaluate a weights folder on a data folder (manifest layout). Sets named in "
+                                   "configs/data/split.json are scored on their holdout subjects only.")
+    p.add_argument("--data", required=True, help="data folder with a manifest.csv (root or one set)")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help=f"weights folder (default {DEFAULT_WEIGHTS})")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--all-subjects", action="store_true", help="also score subjects used in training")
+    p.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lumbarseg.io.study import StudyError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except StudyError as err:
+        print(f"lumbarseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

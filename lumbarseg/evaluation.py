@@ -1,0 +1,95 @@
+"""``lumbarseg evaluate``: per-plane and ensemble Dice per class, per subject and per level.
+
+Scoring rule (see :mod:`lumbarseg.metrics`): each class only within the superior-inferior
+extent, in patient space, of its labelled voxels in the study; classes a set does not name are
+not scored. Studies of sets in ``configs/data/split.json`` are evaluated on their ``holdout``
+subjects only (unless ``all_subjects``); sets the split does not know are evaluated whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lumbarseg import metrics, planes, tissues
+from lumbarseg.datasets import tissue_target
+from lumbarseg.io import manifest
+from lumbarseg.io.study import Series, StudyError
+from lumbarseg.pipeline import Segmenter
+from lumbarseg.training import group_of, load_split
+
+MODELS = (*planes.PLANES, "ensemble")
+RULE = ("each class is scored only within the superior-inferior extent (patient space) of its labelled voxels "
+        "in the study; classes the study's set does not name are not scored; level names count as their class")
+
+
+def patient_z(series: Series) -> np.ndarray:
+    """Patient superior-inferior coordinate (mm) of every voxel, ``(I, J, K)``."""
+    i, j, k = (np.arange(n, dtype=np.float32) for n in series.shape)
+    a = series.affine[2].astype(np.float32)
+    return a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3]
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k in r})
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+
+def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = False) -> dict:
+    segmenter = Segmenter.load(weights)
+    split = load_split()
+    entries = [e for e in manifest.read_manifest(data) if all_subjects or group_of(e, split) == "holdout"]
+    if not entries:
+        raise StudyError(data, "no studies to evaluate (every subject is in a training group; use --all-subjects)")
+    subjects = []
+    for entry in tqdm(entries, desc="evaluating", unit="study"):
+        study = manifest.load_entry(entry)
+        series = study.primary
+        if series.label is None:
+            continue
+        segmentation = segmenter.segment(series)
+        target = tissue_target(series.label, study.structures)
+        z = patient_z(series)
+        annotated = {tissues.tissue_of(n).index for n in study.structures.values()}
+        predictions = {**segmentation.plane_classes, "ensemble": segmentation.classes}
+        subjects.append({
+            "set": entry.set, "subject": entry.subject, "group": group_of(entry, split),
+            "dice": {m: metrics.dice_per_class(p, target, z, annotated) for m, p in predictions.items()},
+            "levels": {m: metrics.dice_per_level(p, series.label, study.structures, z) for m, p in predictions.items()},
+        })
+    sets = sorted({s["set"] for s in subjects})
+    return {
+        "weights": str(weights), "data": str(data), "rule": RULE,
+        "subjects_evaluated": len(subjects), "holdout_only": not all_subjects,
+        "summary": {m: _mean([s["dice"][m] for s in subjects]) for m in MODELS},
+        "per_set": {st: {m: _mean([s["dice"][m] for s in subjects if s["set"] == st]) for m in MODELS} for st in sets},
+        "per_level": {m: _mean([s["levels"][m] for s in subjects]) for m in MODELS},
+        "subjects": subjects,
+    }
+
+
+def print_results(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    classes = sorted({c for m in MODELS for c in results["summary"][m]})
+    table = Table("model", *classes, title=f"mean Dice, {results['subjects_evaluated']} studies")
+    for m in MODELS:
+        table.add_row(m, *(f"{results['summary'][m].get(c, float('nan')):.3f}" for c in classes))
+    console.print(table)
+    for st, per_model in results["per_set"].items():
+        cls = sorted({c for m in MODELS for c in per_model[m]})
+        t = Table("model", *cls, title=st)
+        for m in MODELS:
+            t.add_row(m, *(f"{per_model[m].get(c, float('nan')):.3f}" for c in cls))
+        console.print(t)
+    order = [lv for lv in (*tissues.DISC_LEVELS, *tissues.VERTEBRAE) if lv in results["per_level"]["ensemble"]]
+    if order:
+        t = Table("model", *order, title="Dice per level")
+        for m in MODELS:
+            t.add_row(m, *(f"{results['per_level'][m].get(lv, float('nan')):.3f}" for lv in order))
+        console.print(t)
+    console.print(f"[dim]{results['rule']}[/dim]")

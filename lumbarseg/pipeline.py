@@ -1,0 +1,110 @@
+"""In-process inference: study -> three plane networks -> learned 3D fusion -> tissue classes.
+
+A trained model is a folder (``weights/<name>/``): ``model.json`` (model preset, spacing,
+classes, how it was trained) and one state dict per network: ``sagittal.pt``, ``coronal.pt``,
+``axial.pt``, ``fusion.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lumbarseg import planes, tissues
+from lumbarseg.io.study import Series, StudyError
+from lumbarseg.networks.fusion import fusion_net
+from lumbarseg.networks.plane_net import plane_net
+
+MODEL_FILE = "model.json"
+
+
+@torch.no_grad()
+def predict_plane(model: nn.Module, image: np.ndarray, plane: str, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities ``(K, X, Y, Z)`` of one plane network over a canonical ``(3, X, Y, Z)``
+    volume, slice by slice along the plane's normal."""
+    model.eval()
+    stack = torch.from_numpy(np.ascontiguousarray(planes.slice_stack(image, plane)))
+    out = [model(stack[i : i + batch_size]).softmax(dim=1) for i in range(0, len(stack), batch_size)]
+    return planes.restack(torch.cat(out), plane).numpy()
+
+
+@torch.no_grad()
+def fuse(model: nn.Module, probabilities: dict[str, np.ndarray]) -> np.ndarray:
+    """Fused class probabilities ``(K, X, Y, Z)`` from per-plane probabilities."""
+    model.eval()
+    k, *shape = next(iter(probabilities.values())).shape
+    x = torch.from_numpy(planes.fusion_input(probabilities, tuple(shape), k))[None]
+    return model(x).softmax(dim=1)[0].numpy()
+
+
+@dataclass
+class Segmentation:
+    """Tissue classes on the source series' grid, and the probabilities behind them (on the
+    model's isotropic canonical grid) for disagreement scores and reports."""
+
+    classes: np.ndarray  # (I, J, K) uint8 tissue class indices, source orientation
+    plane_classes: dict[str, np.ndarray]  # plane -> (I, J, K) what that plane alone predicts
+    plane_probabilities: dict[str, np.ndarray]  # plane -> (K, X, Y, Z)
+    probabilities: np.ndarray  # (K, X, Y, Z) fused
+
+
+class Segmenter:
+    """The three plane networks and the fusion, loaded from a weights folder."""
+
+    def __init__(self, plane_models: dict[str, nn.Module], fusion: nn.Module, spacing: float, info: dict):
+        self.plane_models = plane_models
+        self.fusion = fusion
+        self.spacing = spacing
+        self.info = info
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Segmenter":
+        folder = Path(folder)
+        path = folder / MODEL_FILE
+        if not path.is_file():
+            raise StudyError(folder, f"no {MODEL_FILE}: not a lumbarseg weights folder")
+        info = json.loads(path.read_text())
+        k = len(info["tissues"])
+        models = {}
+        for plane in planes.PLANES:
+            models[plane] = plane_net(preset=info["preset"], num_classes=k)
+            models[plane].load_state_dict(_load_state(folder / f"{plane}.pt"))
+        fusion = fusion_net(num_classes=k, **info.get("fusion", {}))
+        fusion.load_state_dict(_load_state(folder / "fusion.pt"))
+        return cls(models, fusion, float(info["spacing_mm"]), info)
+
+    def plane_probabilities(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        return {plane: predict_plane(model, image, plane) for plane, model in self.plane_models.items()}
+
+    def segment(self, series: Series) -> Segmentation:
+        canonical = planes.to_canonical(series)
+        image = planes.resample(planes.network_input(series), planes.grid_size(canonical, self.spacing), "trilinear")
+        per_plane = self.plane_probabilities(image)
+        fused = fuse(self.fusion, per_plane)
+
+        def on_source_grid(probabilities: np.ndarray) -> np.ndarray:
+            classes = planes.resample(probabilities, canonical.shape, "trilinear").argmax(axis=0)
+            return planes.from_canonical(classes.astype(np.uint8), series)
+
+        return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise StudyError(path, "weights file missing")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {name: t.float() if t.is_floating_point() else t for name, t in state.items()}
+
+
+def save_model(folder: Path, plane_models: dict[str, nn.Module], fusion: nn.Module, info: dict) -> None:
+    """Write a weights folder; float tensors as float16 to keep shipped weights small."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, model in {**plane_models, "fusion": fusion}.items():
+        state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        torch.save(state, folder / f"{name}.pt")
+    (folder / MODEL_FILE).write_text(json.dumps({**info, "tissues": list(tissues.TISSUE_NAMES)}, indent=1))

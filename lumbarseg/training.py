@@ -1,0 +1,357 @@
+"""Training: the three plane networks on 2D slices, then the fusion on out-of-fold predictions.
+
+Subjects come in three disjoint groups (``configs/data/split.json``): the plane networks learn
+on ``train``; they then predict the ``fusion`` subjects, and the 3D fusion learns on those
+predictions, never on predictions of the plane networks' own training subjects (the paper's
+scheme); ``holdout`` subjects are never read here. Sets the split does not name are training
+data. Phantoms are mixed in for the tissues no real set labels.
+
+Everything is deterministic under the preset's seed. Checkpoints are written atomically after
+every epoch and a rerun resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from lumbarseg import datasets, metrics, pipeline, planes, tissues
+from lumbarseg.augment import paper_augmentations
+from lumbarseg.io import manifest
+from lumbarseg.io.study import StudyError
+from lumbarseg.losses import PartialDiceCELoss
+from lumbarseg.networks.fusion import fusion_net
+from lumbarseg.networks.plane_net import plane_net
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = REPO / "configs" / "data" / "split.json"
+GROUPS = ("train", "fusion", "holdout")
+log = logging.getLogger("lumbarseg.train")
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    model: str  # plane network preset (configs/models/<model>.json)
+    spacing_mm: float  # isotropic resampling of every study
+    input_size: int  # square training crop, pixels
+    batch_size: int
+    epochs: int
+    iterations_per_epoch: int
+    learning_rate: float
+    weight_decay: float
+    labelled_slice_fraction: float  # share of slices drawn among those with labels
+    augment_probability: float
+    phantoms: dict  # {"train": n, "fusion": n, "seed": s}
+    fusion: dict  # {"epochs", "iterations_per_epoch", "patch", "batch_size", "learning_rate"}
+    seed: int
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "TrainingPreset":
+        path = Path(name_or_path)
+        if not path.is_file():
+            path = REPO / "configs" / "training" / f"{name_or_path}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in (REPO / "configs" / "training").glob("*.json"))
+            raise StudyError(name_or_path, f"no such training preset; known: {known}")
+        data = {k: v for k, v in json.loads(path.read_text()).items() if k != "about"}
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise StudyError(path, f"preset keys differ from {sorted(names)}: {sorted(set(data) ^ names)}")
+        return cls(**data)
+
+
+def load_split(path: Path = SPLIT) -> dict[str, dict[str, list[str]]]:
+    return json.loads(path.read_text())["sets"]
+
+
+def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
+    """``train``, ``fusion`` or ``holdout`` for a manifest row; sets the split does not name train."""
+    groups = split.get(entry.set)
+    if groups is None:
+        return "train"
+    unit = entry.subject.split("_")[0] if entry.set == "ivdm3seg_crops" else entry.subject
+    for group in GROUPS:
+        if unit in groups[group]:
+            return group
+    raise StudyError(manifest.manifest_path(entry.image.parent), f"{entry.key} is in no group of {SPLIT}")
+
+
+def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datasets.TrainingVolume:
+    stat = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (entry.image, entry.label) if p]
+    key = hashlib.sha256(repr((str(entry.image), stat, spacing, sorted(entry.structures.items()))).encode()).hexdigest()[:16]
+    path = cache / f"{entry.set}_{entry.subject}_{key}.npz"
+    if path.is_file():
+        return datasets.load_volume(path)
+    volume = datasets.prepare(manifest.load_entry(entry), spacing)
+    datasets.save_volume(volume, path)
+    return volume
+
+
+def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path) -> dict[str, list[datasets.TrainingVolume]]:
+    """Training and fusion volumes from data folders plus phantoms; holdout subjects are skipped."""
+    cache.mkdir(parents=True, exist_ok=True)
+    split = load_split()
+    out: dict[str, list[datasets.TrainingVolume]] = {"train": [], "fusion": []}
+    entries = [e for d in data_dirs for e in manifest.read_manifest(d)]
+    for entry in tqdm(entries, desc="preparing studies", unit="study"):
+        group = group_of(entry, split)
+        if group in out:
+            out[group].append(_cached(entry, preset.spacing_mm, cache))
+    if preset.phantoms["train"] or preset.phantoms["fusion"]:
+        from lumbarseg import phantom
+    seed = preset.phantoms["seed"]
+    for group, offset in (("train", 0), ("fusion", 100_000)):
+        for i in range(preset.phantoms[group]):
+            out[group].append(datasets.prepare(phantom.generate(seed + offset + i), preset.spacing_mm))
+    if not out["train"]:
+        raise StudyError(", ".join(map(str, data_dirs)), "no training studies")
+    return out
+
+
+def _by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[datasets.TrainingVolume]]:
+    groups: dict[str, list[datasets.TrainingVolume]] = {}
+    for v in volumes:
+        groups.setdefault(v.key.split("/")[0], []).append(v)
+    return groups
+
+
+def _window(n: int, size: int, rng: np.random.Generator) -> tuple[slice, slice]:
+    """A random ``size``-long window over an axis of length ``n``: (source, destination) slices.
+    Longer axes are cropped; shorter ones are placed at a random offset in padding."""
+    if n >= size:
+        start = int(rng.integers(0, n - size + 1))
+        return slice(start, start + size), slice(0, size)
+    before = int(rng.integers(0, size - n + 1))
+    return slice(0, n), slice(before, before + n)
+
+
+class SliceDataset(Dataset):
+    """``iterations * batch_size`` random training slices of one plane for one epoch.
+
+    Each item draws a set uniformly (so a 40-subject set does not drown a 5-subject one), a
+    study in it, and a slice (mostly among slices with labels); crops or pads it to the
+    preset's input size, augments it, and returns ``image (3, S, S)`` and ``allowed (K, S, S)``.
+    Item ``i`` of epoch ``e`` is the same on every run.
+    """
+
+    def __init__(self, volumes: list[datasets.TrainingVolume], plane: str, preset: TrainingPreset, epoch: int):
+        self.sets = _by_set(volumes)
+        self.names = sorted(self.sets)
+        self.plane = plane
+        self.preset = preset
+        self.epoch = epoch
+        axis = planes.NORMAL_AXIS[plane]
+        other = tuple(a for a in range(3) if a != axis)
+        self.labelled = {v.key: np.flatnonzero(((v.target > 0) & (v.target != datasets.IGNORE)).any(axis=other))
+                         for vs in self.sets.values() for v in vs}
+        self.augment = paper_augmentations(prob=preset.augment_probability)
+
+    def __len__(self) -> int:
+        return self.preset.iterations_per_epoch * self.preset.batch_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.preset.seed, self.epoch, i, planes.PLANES.index(self.plane)])
+        pool = self.sets[self.names[rng.integers(len(self.names))]]
+        volume = pool[rng.integers(len(pool))]
+        labelled = self.labelled[volume.key]
+        if labelled.size and rng.random() < self.preset.labelled_slice_fraction:
+            index = int(rng.choice(labelled))
+        else:
+            index = int(rng.integers(volume.shape[planes.NORMAL_AXIS[self.plane]]))
+        image, allowed = datasets.plane_slice(volume, self.plane, index)
+        codes, table = datasets.encode_allowed(allowed)
+        size = self.preset.input_size
+        (src_h, dst_h), (src_w, dst_w) = (_window(n, size, rng) for n in codes.shape)
+        crop = np.zeros((image.shape[0], size, size), np.float32)
+        crop[:, dst_h, dst_w] = image[:, src_h, src_w]
+        crop_codes = np.full((size, size), datasets.IGNORE, np.uint8)  # padding: nothing known
+        crop_codes[dst_h, dst_w] = codes[src_h, src_w]
+        self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        sample = self.augment({"image": crop, "label": crop_codes[None]})
+        codes = np.asarray(sample["label"])[0].round().astype(np.int64)
+        allowed = datasets.decode_allowed(np.clip(codes, 0, datasets.IGNORE), table)
+        return torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32), torch.from_numpy(np.ascontiguousarray(allowed))
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _validate(predict, volumes: list[datasets.TrainingVolume]) -> dict[str, float]:
+    """Mean Dice per annotated class over validation volumes (``predict``: volume -> class map)."""
+    scores: dict[str, list[float]] = {}
+    for volume in volumes:
+        annotated = {k for k, (lo, hi) in enumerate(volume.extent) if lo <= hi}
+        z = np.arange(volume.shape[2])[None, None, :]
+        for name, value in metrics.dice_per_class(predict(volume), volume.target, z, annotated).items():
+            scores.setdefault(name, []).append(value)
+    return {name: float(np.mean(v)) for name, v in sorted(scores.items())}
+
+
+def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr: float, weight_decay: float,
+                validate, checkpoint: Path, seed: int) -> list[dict]:
+    """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss,
+    an atomic checkpoint and a log line per epoch; resumes from ``checkpoint``."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    loss_fn = PartialDiceCELoss()
+    history: list[dict] = []
+    start = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"]
+        log.info("%s: resuming after epoch %d", name, start)
+    for epoch in range(start, epochs):
+        model.train()
+        losses = []
+        began = time.perf_counter()
+        for x, allowed in tqdm(make_loader(epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", leave=False):
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), allowed)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        scheduler.step()
+        dice = validate(model)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_dice": dice,
+                        "seconds": time.perf_counter() - began})
+        log.info("%s epoch %d/%d  loss %.4f  val Dice %s  (%.0f s)", name, epoch + 1, epochs, history[-1]["loss"],
+                 " ".join(f"{k}={v:.3f}" for k, v in dice.items()), history[-1]["seconds"])
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                      "history": history, "epoch": epoch + 1}, checkpoint)
+    return history
+
+
+def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], preset: TrainingPreset,
+                out: Path) -> tuple[torch.nn.Module, list[dict]]:
+    model = plane_net(preset=preset.model, num_classes=tissues.NUM_TISSUES)
+
+    def loader(epoch: int) -> DataLoader:
+        return DataLoader(SliceDataset(volumes["train"], plane, preset, epoch), batch_size=preset.batch_size)
+
+    # Two studies per set keep the per-epoch check cheap; the fusion group, never the holdout.
+    checks = [v for vs in _by_set(volumes["fusion"]).values() for v in vs[:2]]
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        return _validate(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
+
+    history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
+                          validate, out / "checkpoints" / f"{plane}.ckpt", preset.seed + planes.PLANES.index(plane))
+    return model, history
+
+
+class PatchDataset(Dataset):
+    """Random 3D patches of fusion inputs (out-of-fold plane probabilities + positions)."""
+
+    def __init__(self, inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset, epoch: int):
+        self.inputs, self.volumes, self.preset, self.epoch = inputs, volumes, preset, epoch
+
+    def __len__(self) -> int:
+        return self.preset.fusion["iterations_per_epoch"] * self.preset.fusion["batch_size"]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.preset.seed, self.epoch, i, 99])
+        j = int(rng.integers(len(self.volumes)))
+        volume, x = self.volumes[j], self.inputs[j]
+        p = self.preset.fusion["patch"]
+        src, dst = zip(*(_window(n, p, rng) for n in volume.shape))
+        z = np.arange(volume.shape[2])[src[2]][None, None, :]
+        patch = np.zeros((x.shape[0], p, p, p), np.float32)
+        patch[(slice(None), *dst)] = x[(slice(None), *src)]
+        allowed = np.ones((tissues.NUM_TISSUES, p, p, p), bool)  # padding: nothing known
+        allowed[(slice(None), *dst)] = datasets.allowed_classes(volume.target[src], volume.extent, z)
+        return torch.from_numpy(patch), torch.from_numpy(allowed)
+
+
+def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
+                 preset: TrainingPreset, out: Path) -> tuple[torch.nn.Module, list[dict]]:
+    """The fusion learns on the plane networks' predictions of subjects they never trained on."""
+    k = tissues.NUM_TISSUES
+    inputs = []
+    for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
+        probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
+        inputs.append(planes.fusion_input(probs, volume.shape, k).astype(np.float16))
+    model = fusion_net(num_classes=k)
+    f = preset.fusion
+
+    def loader(epoch: int) -> DataLoader:
+        return DataLoader(PatchDataset(inputs, volumes, preset, epoch), batch_size=f["batch_size"])
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        # The fusion's own training subjects: a sanity check, not a held-out score.
+        with torch.no_grad():
+            m.eval()
+            preds = {v.key: m(torch.from_numpy(x.astype(np.float32))[None])[0].argmax(0).numpy()
+                     for v, x in zip(volumes, inputs)}
+        return _validate(lambda v: preds[v.key], volumes)
+
+    history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
+                          validate, out / "checkpoints" / "fusion.ckpt", preset.seed + 10)
+    return model, history
+
+
+def plot_history(histories: dict[str, list[dict]], path: Path) -> None:
+    """Learning curves: training loss and validation Dice per network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(histories), figsize=(4 * len(histories), 6), squeeze=False)
+    for col, (name, history) in enumerate(histories.items()):
+        epochs = [h["epoch"] for h in history]
+        axes[0, col].plot(epochs, [h["loss"] for h in history])
+        axes[0, col].set_title(f"{name}: training loss")
+        for cls in sorted({c for h in history for c in h["val_dice"]}):
+            axes[1, col].plot(epochs, [h["val_dice"].get(cls, np.nan) for h in history], label=cls)
+        axes[1, col].set_title(f"{name}: validation Dice")
+        axes[1, col].set_ylim(0, 1)
+        axes[1, col].set_xlabel("epoch")
+        axes[1, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(preset: TrainingPreset, data_dirs: list[Path], out: Path) -> Path:
+    """Train everything and write the weights folder ``out/model``; returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    began = time.perf_counter()
+    volumes = collect_volumes(data_dirs, preset, out / "cache")
+    log.info("training on %d volumes, fusion on %d (sets: %s)", len(volumes["train"]), len(volumes["fusion"]),
+             ", ".join(f"{s}={len(v)}" for s, v in _by_set(volumes["train"]).items()))
+    histories = {}
+    plane_models = {}
+    for plane in planes.PLANES:
+        plane_models[plane], histories[plane] = train_plane(plane, volumes, preset, out)
+    fusion, histories["fusion"] = train_fusion(plane_models, volumes["fusion"], preset, out)
+    minutes = (time.perf_counter() - began) / 60
+    info = {
+        "preset": preset.model, "spacing_mm": preset.spacing_mm, "training": asdict(preset),
+        "data": [str(d) for d in data_dirs], "split": str(SPLIT.relative_to(REPO)),
+        "history": histories, "wall_minutes_this_run": round(minutes, 1),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
+    pipeline.save_model(out / "model", plane_models, fusion, info)
+    plot_history(histories, out / "learning_curves.png")
+    log.info("done in %.1f min: %s", minutes, out / "model")
+    return out / "model"
