@@ -1,0 +1,106 @@
+"""Level naming from anatomy, instance clean-up, and the study label map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lumbarseg import postprocess, tissues
+from lumbarseg.datasets import tissue_target
+from lumbarseg.io import manifest
+
+DISC, BODY, SACRUM = postprocess.DISC, postprocess.BODY, postprocess.SACRUM
+BODY_MM, DISC_MM = 26, 10
+
+
+def column(discs_above_sacrum: int = 7, sacrum: bool = True, skip: tuple[int, ...] = (), affine=None):
+    """A straight synthetic spine along z (1 mm voxels): sacrum, then alternating disc / body
+    going up. Returns the class map, its affine and the true name of each disc, caudal first."""
+    height = 40 + discs_above_sacrum * (BODY_MM + DISC_MM) + 20
+    classes = np.zeros((30, 30, height), np.uint8)
+    z = 10
+    if sacrum:
+        classes[5:25, 5:25, z : z + 30] = SACRUM
+    z += 30
+    names = list(reversed(tissues.DISC_LEVELS)) + [None] * 5
+    truth = []
+    for i in range(discs_above_sacrum):
+        if i not in skip:
+            classes[6:24, 6:24, z : z + DISC_MM] = DISC
+            truth.append(names[i])
+        z += DISC_MM
+        classes[5:25, 5:25, z : z + BODY_MM] = BODY
+        z += BODY_MM
+    return classes, np.eye(4) if affine is None else affine, truth
+
+
+def names(levels):
+    return [d.name for d in levels.discs]
+
+
+def test_sacrum_anchor_and_extra_thoracic_discs():
+    classes, affine, truth = column(discs_above_sacrum=9)  # two discs above T11-T12
+    levels = postprocess.name_levels(classes, affine)
+    assert levels.anchor == "sacrum" and levels.confidence > 0.9
+    assert names(levels) == truth and truth[:7] == list(reversed(tissues.DISC_LEVELS))
+    assert names(levels)[7:] == [None, None]
+    assert [b.name for b in levels.bodies][:7] == ["L5", "L4", "L3", "L2", "L1", "T12", "T11"]
+
+
+@pytest.mark.parametrize("count", [5, 6, 7])
+def test_five_six_or_seven_visible_discs(count):
+    classes, affine, truth = column(discs_above_sacrum=count)
+    assert names(postprocess.name_levels(classes, affine)) == truth
+
+
+def test_a_missing_disc_skips_its_level():
+    classes, affine, truth = column(discs_above_sacrum=7, skip=(2,))
+    levels = postprocess.name_levels(classes, affine)
+    assert names(levels) == truth and "L3-L4" not in names(levels)
+
+
+def test_a_sacrum_segmented_as_disc_does_not_shift_names():
+    classes, affine, truth = column()
+    classes[8:22, 8:22, 15:30][classes[8:22, 8:22, 15:30] == SACRUM] = DISC  # the paper's failure
+    levels = postprocess.name_levels(classes, affine)
+    assert names(levels) == truth
+    assert any("within the sacrum" in n for n in levels.notes)
+
+
+def test_naming_is_in_patient_space_on_an_oblique_grid():
+    theta = np.deg2rad(30)
+    rot = np.array([[1, 0, 0, 0], [0, np.cos(theta), -np.sin(theta), 0], [0, np.sin(theta), np.cos(theta), 0], [0, 0, 0, 1]])
+    classes, affine, truth = column(affine=rot)
+    assert names(postprocess.name_levels(classes, affine)) == truth
+
+
+def test_small_objects_go_and_label_map_names_levels():
+    classes, affine, truth = column()
+    classes[0, 0, 0:3] = DISC  # 3 mm^3 speck
+    cleaned = postprocess.remove_small_objects(classes, affine)
+    assert cleaned[0, 0, 0] == 0 and (cleaned == DISC).sum() == (classes == DISC).sum() - 3
+    levels = postprocess.name_levels(cleaned, affine)
+    labels = postprocess.study_label_map(cleaned, levels)
+    assert {tissues.STUDY_LABELS[v] for v in np.unique(labels) if v} >= {*tissues.DISC_LEVELS, "L5", "T11", "sacrum"}
+
+
+def test_empty_map_gives_no_levels_not_a_crash():
+    levels = postprocess.name_levels(np.zeros((5, 5, 5), np.uint8), np.eye(4))
+    assert levels.discs == [] and levels.bodies == [] and levels.sacrum is None
+
+
+@pytest.mark.realdata
+def test_real_sets_are_named_correctly_from_their_ground_truth(shared_data):
+    total = correct = 0
+    for entry in manifest.read_manifest(shared_data):
+        if entry.set == "ivdm3seg_crops":  # one disc per crop: no levels to name
+            continue
+        study = manifest.load_entry(entry)
+        label = study.primary.label
+        levels = postprocess.name_levels(tissue_target(label, study.structures), study.primary.affine)
+        for inst in levels.discs + levels.bodies:
+            values = label[inst.mask]
+            truth = study.structures[int(np.bincount(values[values > 0]).argmax())]
+            total += 1
+            correct += truth == inst.name
+    assert total > 300 and correct / total >= 0.98
