@@ -30,13 +30,30 @@ def _phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labelled(label, structures: dict[int, str]) -> str:
+    """'9 classes; discs T11-T12..L5-S1 (7); bodies T11..L5 (7)' for a label map."""
+    import numpy as np
+
+    from lumbarseg import tissues
+
+    names = [structures.get(int(v), f"{int(v)}=?") for v in np.unique(label) if v]
+    known = [n for n in names if tissues.is_known_structure(n)]
+    parts = [f"{len({tissues.tissue_of(n).name for n in known})} classes"]
+    for kind, order in (("discs", tissues.DISC_LEVELS), ("bodies", tissues.VERTEBRAE)):
+        found = [n for n in order if n in known]
+        if found:
+            parts.append(f"{kind} {found[0]}..{found[-1]} ({len(found)})" if len(found) > 1 else f"{kind} {found[0]}")
+    unknown = len(names) - len(known)
+    return "; ".join(parts + ([f"{unknown} unnamed values"] if unknown else []))
+
+
 def _inspect_paths(paths: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from lumbarseg import io
 
-    table = Table("study", "series", "modalities", "shape", "spacing mm", "orientation", "structures")
+    table = Table("study", "series", "modalities", "shape", "spacing mm", "axes", "labelled")
     for path in paths:
         if (path / "manifest.csv").is_file() or path.name == "manifest.csv":
             studies = [io.load_entry(e) for e in io.read_manifest(path)]
@@ -46,15 +63,14 @@ def _inspect_paths(paths: list[Path]) -> None:
             for series in study.series:
                 present = ""
                 if series.label is not None:
-                    values = sorted(int(v) for v in set(series.label.ravel().tolist()) - {0})
-                    present = ", ".join(study.structures.get(v, f"{v}=?") for v in values)
+                    present = _labelled(series.label, study.structures)
                 table.add_row(
                     f"{study.set}/{study.subject}" if study.set else study.subject,
                     series.description, ";".join(series.modalities),
                     "x".join(map(str, series.shape)),
                     "x".join(f"{s:.2g}" for s in series.spacing), "".join(series.axcodes), present,
                 )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -54,19 +54,15 @@ def select_channels(names: tuple[str, ...] | list[str]) -> list[int]:
 
     Each slot takes the first contrast of its preference list the study has and no earlier slot
     took; a slot left empty takes the first channel not yet used (unknown contrasts included);
-    when the study has fewer than three channels, empty slots repeat slot 0. Never fails for a
-    non-empty study.
+    when none is left it repeats the first filled slot. Never fails for a non-empty study.
     """
     if not names:
         raise ValueError("a study needs at least one image channel")
     names = [normalize(n) for n in names]
     chosen: list[int | None] = []
     for prefs in SLOTS:
-        pick = next((names.index(p) for p in prefs if p in names and names.index(p) not in chosen), None)
-        chosen.append(pick)
-    for slot, pick in enumerate(chosen):
-        if pick is None:
-            unused = [i for i in range(len(names)) if i not in chosen]
-            chosen[slot] = unused[0] if unused else None
-    # Slot 0 is always filled by now: it takes channel 0 if nothing else.
-    return [chosen[0] if c is None else c for c in chosen]
+        chosen.append(next((names.index(p) for p in prefs if p in names and names.index(p) not in chosen), None))
+    unused = [i for i in range(len(names)) if i not in chosen]
+    chosen = [c if c is not None else (unused.pop(0) if unused else None) for c in chosen]
+    fallback = next(c for c in chosen if c is not None)
+    return [fallback if c is None else c for c in chosen]

@@ -201,10 +201,9 @@ def _validate(predict, volumes: list[datasets.TrainingVolume]) -> dict[str, floa
 
 
 def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr: float, weight_decay: float,
-                validate, checkpoint: Path, seed: int) -> list[dict]:
+                validate, checkpoint: Path) -> list[dict]:
     """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss,
     an atomic checkpoint and a log line per epoch; resumes from ``checkpoint``."""
-    torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     loss_fn = PartialDiceCELoss()
@@ -242,6 +241,7 @@ def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr:
 
 def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], preset: TrainingPreset,
                 out: Path) -> tuple[torch.nn.Module, list[dict]]:
+    torch.manual_seed(preset.seed + planes.PLANES.index(plane))  # initial weights and dropout
     model = plane_net(preset=preset.model, num_classes=tissues.NUM_TISSUES)
 
     def loader(epoch: int) -> DataLoader:
@@ -254,7 +254,7 @@ def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], p
         return _validate(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
 
     history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
-                          validate, out / "checkpoints" / f"{plane}.ckpt", preset.seed + planes.PLANES.index(plane))
+                          validate, out / "checkpoints" / f"{plane}.ckpt")
     return model, history
 
 
@@ -289,6 +289,7 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
     for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
         probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
         inputs.append(planes.fusion_input(probs, volume.shape, k).astype(np.float16))
+    torch.manual_seed(preset.seed + len(planes.PLANES))
     model = fusion_net(num_classes=k)
     f = preset.fusion
 
@@ -304,7 +305,7 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
         return _validate(lambda v: preds[v.key], volumes)
 
     history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
-                          validate, out / "checkpoints" / "fusion.ckpt", preset.seed + 10)
+                          validate, out / "checkpoints" / "fusion.ckpt")
     return model, history
 
 
