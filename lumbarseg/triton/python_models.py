@@ -1,0 +1,126 @@
+"""Triton python-backend models. Each model's ``<version>/model.py`` in the repository imports
+its class from here, so the repository holds no code of its own.
+
+Runs only inside Triton's python stub (``triton_python_backend_utils`` exists there alone).
+
+* :class:`OnnxModel` — a network's ``model.onnx`` on onnxruntime, for the CPU configs
+  (``configs/cpu.pbtxt``): the stand-in for the onnxruntime backend of the GPU configs, with
+  the same inputs, outputs and batching.
+* :class:`SpinePipeline` — ``spine_pipeline``: one study volume through the three plane models
+  and the fusion by business-logic scripting (BLS), slicing and fusion input built by
+  :mod:`lumbarseg.planes` as in-process inference builds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+PROBABILITIES = "PROBABILITIES"
+# Environment override of each config's intra_op_threads (tests and shared machines).
+THREADS_ENV = "LUMBARSEG_ORT_THREADS"
+
+
+def _parameters(config: dict) -> dict[str, str]:
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def _error(message: str, code: str = "INTERNAL") -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code)))
+
+
+class OnnxModel:
+    """``<version>/model.onnx`` on onnxruntime; input and output names from the model config."""
+
+    def initialize(self, args: dict) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get(THREADS_ENV) or _parameters(config).get("intra_op_threads", 0))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = config["input"][0]["name"]
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def execute(self, requests: list) -> list:
+        arrays = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
+        # The dynamic batcher hands over several requests; those of one slice size run as one batch.
+        groups: dict[tuple, list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape[1:], []).append(i)
+        responses: list = [None] * len(requests)
+        for members in groups.values():
+            results = self.session.run(self.outputs, {self.input: np.concatenate([arrays[i] for i in members])})
+            start = 0
+            for i in members:
+                end = start + len(arrays[i])
+                responses[i] = pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(name, np.ascontiguousarray(r[start:end])) for name, r in zip(self.outputs, results)])
+                start = end
+        return responses
+
+
+class _Failed(Exception):
+    """A composing model answered with an error; the message names the model."""
+
+
+class SpinePipeline:
+    """IMAGE ``(3, X, Y, Z)`` -> fused PROBABILITIES ``(K, X, Y, Z)``, CLASSES ``(X, Y, Z)`` and
+    ``<PLANE>_PROBABILITIES`` per plane; only the requested outputs are sent back."""
+
+    def initialize(self, args: dict) -> None:
+        from lumbarseg import planes  # torch and monai: loaded in this model's stub only
+
+        self.planes = planes
+        config = json.loads(args["model_config"])
+        parameters = _parameters(config)
+        self.batch = int(parameters["plane_batch_size"])
+        self.max_voxels = int(parameters["max_voxels"])
+        self.num_classes = next(int(o["dims"][0]) for o in config["output"] if o["name"] == PROBABILITIES)
+
+    async def execute(self, requests: list) -> list:
+        return [await self._segment(request) for request in requests]
+
+    async def _segment(self, request) -> pb_utils.InferenceResponse:
+        image = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+        if image.size > self.max_voxels * 3:
+            return _error(f"IMAGE has {image.size // 3} voxels per channel, more than max_voxels {self.max_voxels}; "
+                          "resample the study to the model's spacing_mm first", "INVALID_ARG")
+        if not np.isfinite(image).all():
+            return _error("IMAGE holds NaN or infinite values", "INVALID_ARG")
+        shape = image.shape[1:]
+        try:
+            stacks = await asyncio.gather(*(self._plane(image, plane) for plane in self.planes.PLANES))
+            per_plane = dict(zip(self.planes.PLANES, stacks))
+            fusion_input = self.planes.fusion_input(per_plane, shape, self.num_classes)[None]
+            fused = (await self._infer("fusion", "FUSION_INPUT", fusion_input))[0]
+        except _Failed as err:
+            return _error(str(err), "UNAVAILABLE")
+        wanted = set(request.requested_output_names())
+        outputs = {PROBABILITIES: lambda: fused, "CLASSES": lambda: fused.argmax(axis=0).astype(np.uint8)}
+        outputs.update({f"{plane.upper()}_{PROBABILITIES}": (lambda p=plane: per_plane[p]) for plane in self.planes.PLANES})
+        return pb_utils.InferenceResponse([pb_utils.Tensor(name, np.ascontiguousarray(make()))
+                                           for name, make in outputs.items() if name in wanted])
+
+    async def _plane(self, image: np.ndarray, plane: str) -> np.ndarray:
+        """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack sent in chunks, all at
+        once, so the plane model's dynamic batcher can fill its batches."""
+        stack = self.planes.slice_stack(image, plane)
+        chunks = [np.ascontiguousarray(stack[i : i + self.batch]) for i in range(0, len(stack), self.batch)]
+        parts = await asyncio.gather(*(self._infer(f"plane_{plane}", "IMAGE", c) for c in chunks))
+        return self.planes.restack(np.concatenate(parts), plane)
+
+    async def _infer(self, model: str, name: str, array: np.ndarray) -> np.ndarray:
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[PROBABILITIES],
+                                            inputs=[pb_utils.Tensor(name, array)])
+        response = await request.async_exec()
+        if response.has_error():
+            raise _Failed(f"{model}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, PROBABILITIES).as_numpy()
