@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -81,17 +82,33 @@ class Segmenter:
     def plane_probabilities(self, image: np.ndarray) -> dict[str, np.ndarray]:
         return {plane: predict_plane(model, image, plane) for plane, model in self.plane_models.items()}
 
-    def segment(self, series: Series) -> Segmentation:
-        canonical = planes.to_canonical(series)
-        image = planes.resample(planes.network_input(series), planes.grid_size(canonical, self.spacing), "trilinear")
+    def predict(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Per-plane and fused probabilities ``(K, X, Y, Z)`` of a network input (see :func:`segment_series`)."""
         per_plane = self.plane_probabilities(image)
-        fused = fuse(self.fusion, per_plane)
+        return per_plane, fuse(self.fusion, per_plane)
 
-        def on_source_grid(probabilities: np.ndarray) -> np.ndarray:
-            classes = planes.resample(probabilities, canonical.shape, "trilinear").argmax(axis=0)
-            return planes.from_canonical(classes.astype(np.uint8), series)
+    def segment(self, series: Series) -> Segmentation:
+        return segment_series(series, self.spacing, self.predict)
 
-        return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused)
+
+Predict = Callable[[np.ndarray], tuple[dict[str, np.ndarray], np.ndarray]]
+
+
+def segment_series(series: Series, spacing: float, predict: Predict) -> Segmentation:
+    """The study-level steps around the networks, shared by every backend (in-process here,
+    :class:`lumbarseg.triton.client.TritonSegmenter`): the series' network input
+    (:func:`lumbarseg.planes.network_input`) resampled to ``spacing`` mm isotropic, given to
+    ``predict`` (-> per-plane probabilities, possibly empty, and fused probabilities on that
+    grid), classes taken on the source grid."""
+    canonical = planes.to_canonical(series)
+    image = planes.resample(planes.network_input(series), planes.grid_size(canonical, spacing), "trilinear")
+    per_plane, fused = predict(image)
+
+    def on_source_grid(probabilities: np.ndarray) -> np.ndarray:
+        classes = planes.resample(probabilities, canonical.shape, "trilinear").argmax(axis=0)
+        return planes.from_canonical(classes.astype(np.uint8), series)
+
+    return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

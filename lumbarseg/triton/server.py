@@ -28,7 +28,8 @@ CACHE = Path(os.environ.get("LUMBARSEG_CACHE", Path.home() / ".cache" / "lumbars
 
 
 class TritonError(RuntimeError):
-    """The server could not start, or stopped answering."""
+    """A Triton server could not start, cannot be reached, or refused a request; the message
+    names the server (URL or repository) and the reason."""
 
 
 def _pytriton_root() -> Path:

@@ -1,0 +1,165 @@
+"""Segmentation by a Triton server, over HTTP or gRPC: a drop-in for the in-process
+:class:`lumbarseg.pipeline.Segmenter`.
+
+``TritonSegmenter(url).segment(series)`` returns the same :class:`~lumbarseg.pipeline.Segmentation`
+as ``Segmenter.load(weights).segment(series)``: both run :func:`lumbarseg.pipeline.segment_series`
+(network input, resampling, classes on the source grid); only the networks run elsewhere, in
+the repository's ``spine_pipeline`` model. The model spacing and tissue list come from that
+model's config (``parameters``), so the client needs no weights.
+
+URLs: ``http://host:port``, ``grpc://host:port`` or ``host:port`` (HTTP). Every failure is a
+:class:`~lumbarseg.triton.server.TritonError` naming the URL and the reason; connection errors
+and "unavailable" answers are retried with backoff, client errors (bad input, unknown model)
+are not.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from lumbarseg import planes, tissues
+from lumbarseg.pipeline import Segmentation, segment_series
+from lumbarseg.triton.export import PIPELINE
+from lumbarseg.io.study import Series
+from lumbarseg.triton.server import TritonError
+
+DEFAULT_URL = "http://127.0.0.1:8010"
+# Answers worth retrying: the server is (re)starting, overloaded or briefly unreachable.
+TRANSIENT_STATUS = {"502", "503", "504", "StatusCode.UNAVAILABLE"}
+
+
+def _reason(err: Exception) -> tuple[str, bool]:
+    """(what went wrong, whether retrying may help) for an exception from tritonclient."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(err, InferenceServerException):
+        status = str(err.status() or "")
+        message = err.message() or status or "no reason given"
+        return (f"{message} (status {status})" if status else message), status in TRANSIENT_STATUS
+    if isinstance(err, TimeoutError):
+        return "no answer within the timeout", False  # retrying a slow inference only adds load
+    if isinstance(err, OSError):  # refused, reset, unreachable
+        return f"cannot connect: {err.strerror or err}", True
+    return f"{type(err).__name__}: {err}", False
+
+
+class TritonSegmenter:
+    """The repository's ``spine_pipeline`` behind one server URL; a context manager.
+
+    ``timeout``: seconds for one request (connect and answer); ``retries``: further attempts
+    after a transient failure, waiting ``backoff`` s, then twice as long, and so on.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, model: str = PIPELINE, timeout: float = 300.0,
+                 retries: int = 2, backoff: float = 0.5):
+        self.protocol, _, address = url.rpartition("://")
+        self.protocol = self.protocol or "http"
+        if self.protocol not in ("http", "grpc"):
+            raise TritonError(f"{url}: unknown protocol {self.protocol!r} (use http:// or grpc://)")
+        self.url = f"{self.protocol}://{address}"
+        self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
+        if self.protocol == "http":
+            import tritonclient.http as module
+
+            self._client = module.InferenceServerClient(address, connection_timeout=timeout, network_timeout=timeout)
+        else:
+            import tritonclient.grpc as module
+
+            self._client = module.InferenceServerClient(address)
+        self._module = module
+        self._config: dict | None = None
+
+    def _call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # tritonclient raises its own type, OSError or gevent errors
+                reason, transient = _reason(err)
+                if not transient or attempt == self.retries:
+                    raise TritonError(f"{self.url}: {what}: {reason}") from err
+                time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # -- health -----------------------------------------------------------------------------
+
+    def _index(self) -> list[dict]:
+        index = self._call("repository index", self._client.get_model_repository_index,
+                           **({"as_json": True} if self.protocol == "grpc" else {}))
+        return index.get("models", []) if isinstance(index, dict) else index
+
+    def health(self) -> dict:
+        """``{"url", "live", "ready", "models": {name: state}}``; :class:`TritonError` when the
+        server cannot be reached."""
+        live = self._call("health", self._client.is_server_live)
+        ready = self._call("health", self._client.is_server_ready)
+        models = {m["name"]: m.get("state", "UNKNOWN") for m in self._index()}
+        return {"url": self.url, "live": bool(live), "ready": bool(ready), "models": models}
+
+    def require_ready(self, model: str | None = None) -> None:
+        """:class:`TritonError` naming the model and its state unless it is ready to serve."""
+        model = model or self.model
+        if self._call(f"readiness of {model}", self._client.is_model_ready, model):
+            return
+        entry = next((m for m in self._index() if m["name"] == model), None)
+        if entry is None:
+            raise TritonError(f"{self.url}: model {model!r} is not in the server's repository")
+        state = entry.get("state") or "UNAVAILABLE"
+        raise TritonError(f"{self.url}: model {model!r} is not ready ({state}"
+                          + (f": {entry['reason']})" if entry.get("reason") else ")"))
+
+    # -- the pipeline model -----------------------------------------------------------------
+
+    @property
+    def config(self) -> dict:
+        """The pipeline model's config (JSON form), fetched once after checking it is ready."""
+        if self._config is None:
+            self.require_ready()
+            config = self._call(f"config of {self.model}", self._client.get_model_config, self.model,
+                                **({"as_json": True} if self.protocol == "grpc" else {}))
+            self._config = config.get("config", config)
+            served = self._config["parameters"]["tissues"]["string_value"].split(",")
+            if served != list(tissues.TISSUE_NAMES):
+                raise TritonError(f"{self.url}: {self.model} serves tissues {served}, this client expects "
+                                  f"{list(tissues.TISSUE_NAMES)}")
+        return self._config
+
+    @property
+    def spacing(self) -> float:
+        """The model's isotropic grid in mm (written into the config by ``lumbarseg export``)."""
+        return float(self.config["parameters"]["spacing_mm"]["string_value"])
+
+    def infer(self, image: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run the pipeline model on a network input ``(3, X, Y, Z)`` (float32, at
+        :attr:`spacing`) and return the named outputs."""
+        self.config  # readiness and compatibility first, for a clear error
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        tensor = self._module.InferInput("IMAGE", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(image)
+        requested = [self._module.InferRequestedOutput(name) for name in outputs]
+        extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        result = self._call(f"inference on {self.model}", self._client.infer, self.model, [tensor],
+                            outputs=requested, **extra)
+        return {name: np.array(result.as_numpy(name)) for name in outputs}  # writable copies (torch reads them)
+
+    def predict(self, image: np.ndarray, with_planes: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Per-plane (if ``with_planes``) and fused probabilities, as ``Segmenter.predict``."""
+        names = [f"{plane.upper()}_PROBABILITIES" for plane in planes.PLANES] if with_planes else []
+        out = self.infer(image, ["PROBABILITIES", *names])
+        return {plane: out[name] for plane, name in zip(planes.PLANES, names)}, out["PROBABILITIES"]
+
+    def segment(self, series: Series, with_planes: bool = True) -> Segmentation:
+        """As :meth:`lumbarseg.pipeline.Segmenter.segment`; ``with_planes=False`` skips the
+        per-plane outputs (a quarter of the transfer; no plane classes or disagreement)."""
+        return segment_series(series, self.spacing, lambda image: self.predict(image, with_planes))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "TritonSegmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
