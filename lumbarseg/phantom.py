@@ -25,13 +25,12 @@ import numpy as np
 
 from lumbarseg import tissues
 from lumbarseg.io.study import Series, Study
+# Truth is graded with the thresholds the findings use (configs/findings.json, cited there).
+from lumbarseg.measure import stenosis_grade
 
 V = tissues.STUDY_VALUES
 CONTRASTS = ("t2w", "t1w", "dixon_water", "dixon_fat", "dixon_in", "dixon_opp")
 STENOSIS_AP_FACTOR = {"none": 1.0, "mild": 0.42, "moderate": 0.3, "severe": 0.19}
-# Grade by dural sac area (mm^2): the common absolute/relative stenosis cut-offs (Schizas et
-# al., Spine 2010 review: < 75 mm^2 absolute, 75-100 relative); < 50 is our "severe".
-STENOSIS_GRADES = (("severe", 50.0), ("moderate", 76.0), ("mild", 100.0))
 
 # Appearance classes (not labels): what a voxel looks like in MRI.
 AIR, FAT, MUSCLE, SOFT, MARROW, NUCLEUS, ANNULUS, CSF, LIGAMENT, HERNIA, BONE = range(11)
@@ -47,13 +46,6 @@ SIGNAL = {
     "dixon_in": _WATER + _FATSIG,
     "dixon_opp": np.abs(_WATER - _FATSIG),
 }
-
-
-def stenosis_grade(area_mm2: float) -> str:
-    for grade, below in STENOSIS_GRADES:
-        if area_mm2 < below:
-            return grade
-    return "none"
 
 
 @dataclass

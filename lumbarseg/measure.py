@@ -1,0 +1,588 @@
+"""From label maps to findings: the paper's steps 2 (measurements) and 3 (diagnosis).
+
+Input: per series of a study, a tissue-class map (indices of :data:`lumbarseg.tissues.TISSUES`;
+:data:`~lumbarseg.tissues.IGNORE` = not annotated) on that series' grid, with its affine to
+patient space (RAS, mm) -- ground truth or a prediction, a 3D volume, a sparse sagittal stack,
+angulated axial stacks, in any mix. Output: :func:`study_report`, a JSON-ready dict (schema
+:data:`SCHEMA`, documented in the README) with one entry per disc level.
+
+How (every length in mm, in patient space; thresholds in ``configs/findings.json``):
+
+1. levels are named from anatomy (:func:`lumbarseg.postprocess.name_levels`) on the study's
+   largest series, or, for an axial-only study, on its axial stacks placed together in one
+   patient-space grid;
+2. each disc gets a frame: centre, normal (the thin axis of its voxels), anterior ``v`` (patient
+   anterior within the disc plane) and right ``u``;
+3. axial *sections* of each disc: acquired slices of axial stacks parallel to it, and planes
+   resampled from any other series parallel to the disc through its height; all sampled on the
+   same ``(v, u)`` pixel grid, so one analysis serves both;
+4. per section: dural sac area (largest component) and its antero-posterior diameter along ``v``
+   through the sac's centroid (the white line of the paper's Fig. 1b); the *protrusion*: hernia
+   class, plus disc class posterior to the centre and beyond the adjacent endplates' margin
+   (the vertebral bodies' cross-section just above and below the disc);
+5. per disc: herniated when a section is, the hernia's top point (most posterior protrusion),
+   height along the disc normal, direction by lateral offset; stenosis grade from the sac area
+   in the section through the disc centre (an acquired slice when there is one).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from lumbarseg import postprocess, tissues
+from lumbarseg.io.study import Study
+
+SCHEMA = "lumbarseg.findings/1"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "findings.json"
+DISC, HERNIA, SAC, BODY, SACRUM = (tissues.TISSUE_NAMES.index(n) for n in
+                                   ("disc", "hernia", "dural_sac", "vertebral_body", "sacrum"))
+UNKNOWN = tissues.IGNORE  # not annotated, or outside the series' field of view
+
+
+def load_config(path: Path = CONFIG) -> dict:
+    return json.loads(path.read_text())
+
+
+def stenosis_grade(area_mm2: float, config: dict | None = None) -> str:
+    """Central canal stenosis grade of a dural sac cross-sectional area (thresholds cited in the config)."""
+    stenosis = (config or load_config())["stenosis"]
+    for grade, below in stenosis["grades_below_mm2"]:
+        if area_mm2 < below:
+            return grade
+    return stenosis["above_all"]
+
+
+@dataclass
+class LabelMap:
+    """One series' tissue classes. ``plane_classes`` (plane -> class map on the same grid), when
+    given, yields the plane disagreement."""
+
+    classes: np.ndarray  # (I, J, K) uint8 tissue class indices
+    affine: np.ndarray  # (4, 4) voxel -> patient RAS mm
+    description: str = ""
+    plane_classes: dict[str, np.ndarray] | None = None
+
+    def normal(self) -> np.ndarray:
+        n = self.affine[:3, 2]
+        return n / np.linalg.norm(n)
+
+    def extent_along(self, direction: np.ndarray) -> float:
+        """Extent (mm) of one voxel along a unit direction."""
+        return float(np.abs(self.affine[:3, :3].T @ direction).sum())
+
+
+@dataclass
+class Disc:
+    """A named disc's frame in patient space (from the naming map)."""
+
+    instance: postprocess.Instance
+    centre: np.ndarray
+    normal: np.ndarray  # superior
+    v: np.ndarray  # anterior, in the disc plane
+    u: np.ndarray  # the patient's right, in the disc plane
+    height: float  # along the normal, near the disc's axis
+
+
+@dataclass
+class Section:
+    """One axial plane through a disc, sampled on the disc's ``(v, u)`` grid."""
+
+    series: int
+    slice: int | None  # acquired slice index; None for a plane resampled from a volume
+    offset: float  # mm from the disc centre along its normal
+    point: np.ndarray  # where the disc axis crosses the plane
+    normal: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    classes: np.ndarray  # (H, W): rows along v (posterior -> anterior), columns along u
+    sac_area: float = 0.0
+    ap: float = 0.0
+    ap_line: tuple[np.ndarray, np.ndarray] | None = None
+    protrusion: np.ndarray | None = None  # (H, W) bool
+    beyond: float = 0.0  # mm the protrusion reaches past the endplate margin
+
+    @property
+    def protrusion_area(self) -> float:
+        return 0.0 if self.protrusion is None else float(self.protrusion.sum())
+
+    def world(self, rows: np.ndarray, cols: np.ndarray, grid) -> np.ndarray:
+        return self.point + grid.V[rows, None] * self.v + grid.U[cols, None] * self.u
+
+
+@dataclass
+class Grid:
+    px: float
+    U: np.ndarray  # lateral pixel positions (mm, +right)
+    V: np.ndarray  # antero-posterior pixel positions (mm, +anterior)
+
+    @classmethod
+    def from_config(cls, sections: dict) -> "Grid":
+        px = sections["pixel_mm"]
+        return cls(px, np.arange(-sections["half_width_mm"], sections["half_width_mm"] + px / 2, px),
+                   np.arange(-sections["posterior_mm"], sections["anterior_mm"] + px / 2, px))
+
+
+@dataclass
+class LevelFindings:
+    disc: Disc
+    sections: list[Section] = field(default_factory=list)
+    footprint: np.ndarray | None = None  # (H, W) endplates' cross-section, None if no body found
+
+
+# --- geometry -----------------------------------------------------------------------------------
+
+def _points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _in_plane_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Anterior ``v`` (patient +y projected into the plane) and right ``u = v x n``."""
+    v = np.array([0.0, 1.0, 0.0]) - normal[1] * normal
+    if np.linalg.norm(v) < 1e-3:  # a plane facing front: no anterior direction in it
+        v = np.array([0.0, 0.0, 1.0]) - normal[2] * normal
+    v /= np.linalg.norm(v)
+    return v, np.cross(v, normal)
+
+
+def disc_frame(inst: postprocess.Instance, affine: np.ndarray) -> Disc:
+    points = _points(inst.mask, affine)
+    centre = points.mean(axis=0)
+    # The disc is a flat slab: its normal is the direction of least spread.
+    normal = np.linalg.svd(points - centre, full_matrices=False)[2][-1]
+    normal = normal if normal[2] >= 0 else -normal
+    v, u = _in_plane_frame(normal)
+    d = points - centre
+    along = d @ normal
+    near_axis = np.linalg.norm(d - along[:, None] * normal, axis=1) < 6.0
+    core = along[near_axis] if near_axis.sum() > 3 else along
+    voxel = float(np.abs(affine[:3, :3].T @ normal).sum())
+    height = float(np.ptp(core)) + min(voxel, 2.0 * np.cbrt(abs(np.linalg.det(affine[:3, :3]))))
+    return Disc(inst, centre, normal, v, u, height)
+
+
+def _sample(m: LabelMap, point: np.ndarray, u: np.ndarray, v: np.ndarray, grid: Grid) -> np.ndarray:
+    """Tissue classes of ``m`` on the plane grid at ``point`` (nearest voxel; UNKNOWN outside)."""
+    pts = point + grid.V[:, None, None] * v + grid.U[None, :, None] * u
+    inv = np.linalg.inv(m.affine)
+    ijk = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+    # Nearest neighbour by hand: map_coordinates' order-0 edge handling drops the outer half voxel.
+    idx = np.rint(ijk).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < np.array(m.classes.shape)), axis=1)
+    out = np.full(len(idx), UNKNOWN, np.uint8)
+    out[inside] = m.classes[tuple(idx[inside].T)]
+    return out.reshape(len(grid.V), len(grid.U))
+
+
+def is_axial_stack(m: LabelMap, normal: np.ndarray, sections: dict) -> bool:
+    """Slices parallel (within the configured angle) to a disc, spanning little along their normal."""
+    cos = abs(float(m.normal() @ normal))
+    span = np.linalg.norm(m.affine[:3, 2]) * (m.classes.shape[2] - 1)
+    return cos >= np.cos(np.deg2rad(sections["axial_stack_max_angle_deg"])) and span <= sections["axial_stack_max_extent_mm"]
+
+
+def _splat(maps: Sequence[LabelMap], spacing: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """All maps resampled (nearest, first map wins) onto one axis-aligned grid covering them:
+    how separate axial stacks are seen together for level naming."""
+    corners = []
+    for m in maps:
+        ijk = np.stack(np.meshgrid(*[[0, n - 1] for n in m.classes.shape], indexing="ij"), -1).reshape(-1, 3)
+        corners.append(ijk @ m.affine[:3, :3].T + m.affine[:3, 3])
+    corners = np.concatenate(corners)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing) + 1)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = lo
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    xyz = grid * spacing + lo
+    out = np.zeros(len(xyz), np.uint8)
+    todo = np.ones(len(xyz), bool)
+    for m in maps:
+        inv = np.linalg.inv(m.affine)
+        idx = np.rint(xyz[todo] @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < np.array(m.classes.shape)), axis=1)
+        where = np.flatnonzero(todo)[inside]
+        out[where] = m.classes[tuple(idx[inside].T)]
+        todo[where] = False
+    return out.reshape(shape), affine
+
+
+# --- per-section analysis --------------------------------------------------------------------------
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    return components == (np.bincount(components.ravel())[1:].argmax() + 1)
+
+
+def _dural_sac(sec: Section, grid: Grid) -> None:
+    """Area and antero-posterior diameter (the white line: along ``v`` through the centroid)."""
+    sac = _largest(sec.classes == SAC)
+    if not sac.any():
+        return
+    sec.sac_area = float(sac.sum() * grid.px**2)
+    r, c = (int(round(x)) for x in ndimage.center_of_mass(sac))
+    column = sac[:, c]
+    runs, count = ndimage.label(column)
+    if count == 0:
+        return
+    rows = np.flatnonzero(runs == (runs[r] if runs[r] else np.bincount(runs)[1:].argmax() + 1))
+    sec.ap = float(len(rows) * grid.px)
+    ends = sec.world(np.array([rows[0], rows[-1]]), np.array([c, c]), grid)
+    sec.ap_line = (ends[0], ends[1])
+
+
+def _margin(footprint: np.ndarray, source: LabelMap, v: np.ndarray, u: np.ndarray, grid: Grid,
+            cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) of each pixel from the endplates' cross-section, and where disc material is
+    beyond their margin: posterior to the disc centre, more than ``margin_mm`` out and more than
+    one source voxel out (a coarse grid moves the disc's and the body's voxelised edges by a
+    voxel independently)."""
+    mm = ndimage.distance_transform_edt(~footprint, sampling=grid.px)
+    voxels = ndimage.distance_transform_edt(~footprint, sampling=(grid.px / source.extent_along(v),
+                                                                  grid.px / source.extent_along(u)))
+    return mm, (mm > cfg["margin_mm"]) & (voxels > 1.0) & (grid.V < 0)[:, None]
+
+
+def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """The hernia class, plus disc class beyond the endplate margin."""
+    protrusion = sec.classes == HERNIA
+    if margin is not None:
+        mm, beyond = margin
+        protrusion |= (sec.classes == DISC) & beyond
+        if protrusion.any():
+            sec.beyond = float(mm[protrusion].max())
+    sec.protrusion = protrusion
+
+
+def _herniated(sec: Section, grid: Grid, cfg: dict) -> bool:
+    return sec.protrusion_area * grid.px**2 >= cfg["min_area_mm2"]
+
+
+# --- the study -------------------------------------------------------------------------------------
+
+@dataclass
+class Findings:
+    maps: list[LabelMap]
+    levels: postprocess.Levels | None
+    discs: list[LevelFindings]
+    grid: Grid
+    naming_series: int | None  # index into maps; None: the axial stacks together
+    problems: list[str]
+
+
+def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: dict | None = None) -> Findings:
+    """Name levels and measure every disc's sections (see the module doc)."""
+    cfg = config or load_config()
+    sections_cfg = cfg["sections"]
+    grid = Grid.from_config(sections_cfg)
+    maps = list(maps)
+    problems: list[str] = []
+    known = [i for i, m in enumerate(maps) if (m.classes != UNKNOWN).any()] or list(range(len(maps)))
+    primary = max(known, key=lambda i: maps[i].classes.size)
+    # Axial stacks alone cannot name levels: a stack holds one disc. Name on the largest
+    # series unless it is itself an axial stack (an axial-only study).
+    naming = maps[primary]
+    naming_index: int | None = primary
+    if len(maps) > 1 and is_axial_stack(naming, np.array([0.0, 0.0, 1.0]), sections_cfg):
+        naming = LabelMap(*_splat(maps), description="axial stacks together")
+        naming_index = None
+    cleaned = postprocess.remove_small_objects(naming.classes, naming.affine, post_config)
+    levels = postprocess.name_levels(cleaned, naming.affine, post_config)
+    if not levels.discs:
+        problems.append("no intervertebral disc found: levels, herniation and stenosis need discs")
+        return Findings(maps, levels, [], grid, naming_index, problems)
+
+    discs = [LevelFindings(disc_frame(inst, naming.affine)) for inst in levels.discs]
+    for f in discs:
+        d = f.disc
+        reach = d.height / 2 + sections_cfg["beyond_disc_mm"]
+        probe = d.height / 2 + cfg["herniation"]["endplate_probe_mm"]
+        volume_like = [i for i, m in enumerate(maps) if not is_axial_stack(m, d.normal, sections_cfg)]
+        if naming_index is not None:  # resample from the series the disc was found in
+            volume_like = [naming_index] + [i for i in volume_like if i != naming_index]
+        # The endplates' cross-section: bodies (or the sacrum) just beyond the disc on each side.
+        for i in volume_like[:1]:
+            plates = [_sample(maps[i], d.centre + s * probe * d.normal, d.u, d.v, grid) for s in (-1, 1)]
+            footprint = np.logical_or.reduce([np.isin(p, (BODY, SACRUM)) for p in plates])
+            f.footprint = footprint if footprint.any() else None
+            for off in np.arange(-reach, reach + 1e-6, sections_cfg["step_mm"]):
+                point = d.centre + off * d.normal
+                f.sections.append(Section(i, None, float(off), point, d.normal, d.u, d.v,
+                                          _sample(maps[i], point, d.u, d.v, grid)))
+        for i, m in enumerate(maps):
+            if i in volume_like:
+                continue
+            f.sections += _acquired_sections(i, m, d, reach, grid)
+        if f.footprint is None:  # axial only: the stack's own slices through the bodies
+            bodies = [np.isin(s.classes, (BODY, SACRUM)) for s in f.sections if abs(s.offset) > d.height / 2]
+            f.footprint = np.logical_or.reduce(bodies) if bodies and np.logical_or.reduce(bodies).any() else None
+        margins = {}
+        if f.footprint is not None:
+            margins = {i: _margin(f.footprint, maps[i], d.v, d.u, grid, cfg["herniation"])
+                       for i in {s.series for s in f.sections}}
+        for sec in f.sections:
+            _dural_sac(sec, grid)
+            _protrusion(sec, margins.get(sec.series))
+        if f.footprint is None:
+            problems.append(f"{d.instance.name or 'a disc'}: no vertebral body next to it; herniation from the hernia class only")
+    # An acquired slice belongs to the one disc it is closest to.
+    owner: dict[tuple[int, int], tuple[float, int]] = {}
+    for n, f in enumerate(discs):
+        for sec in f.sections:
+            if sec.slice is not None:
+                key = (sec.series, sec.slice)
+                if key not in owner or abs(sec.offset) < owner[key][0]:
+                    owner[key] = (abs(sec.offset), n)
+    for n, f in enumerate(discs):
+        f.sections = [s for s in f.sections if s.slice is None or owner[(s.series, s.slice)][1] == n]
+    if not any((m.classes == SAC).any() for m in maps):
+        problems.append("no dural sac in the mask: sac size and stenosis not measured")
+    return Findings(maps, levels, discs, grid, naming_index, problems)
+
+
+def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Grid) -> list[Section]:
+    """The slices of an axial stack that cross this disc's axis within ``reach`` of its centre."""
+    out = []
+    normal = m.normal()
+    cos = float(normal @ d.normal)
+    v, u = _in_plane_frame(normal if cos >= 0 else -normal)
+    for k in range(m.classes.shape[2]):
+        origin = m.affine[:3, :3] @ np.array([0.0, 0.0, k]) + m.affine[:3, 3]
+        t = float((origin - d.centre) @ normal / cos)  # along the disc axis to the slice plane
+        if abs(t) > reach:
+            continue
+        point = d.centre + t * d.normal
+        classes = _sample(m, point, u, v, grid)
+        if (classes != UNKNOWN).mean() < 0.5:  # the disc axis passes outside this slice's field of view
+            continue
+        out.append(Section(index, k, t, point, normal if cos >= 0 else -normal, u, v, classes))
+    return out
+
+
+# --- per-disc findings ------------------------------------------------------------------------------
+
+def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: dict) -> dict:
+    flagged = [s for s in f.sections if _herniated(s, grid, cfg)]
+    if not flagged:
+        return {"present": False}
+    # Prefer resampled volume sections (finer along the normal) for the 3D description.
+    pool = [s for s in f.sections if s.slice is None and s.protrusion_area] or [s for s in f.sections if s.protrusion_area]
+    depth, best, tops = -np.inf, None, None
+    lateral, weights = [], []
+    for s in pool:
+        rows, cols = np.nonzero(s.protrusion)
+        lateral.append(grid.U[cols].mean())
+        weights.append(len(rows))
+        posterior = -grid.V[rows].min()
+        if posterior > depth:
+            depth, best = posterior, s
+            near = -grid.V[rows] >= posterior - 1.0  # ties of a flat top: their middle
+            tops = s.world(rows[near], cols[near], grid).mean(axis=0)
+    offsets = [s.offset for s in pool]
+    steps = np.diff(sorted({s.offset for s in f.sections if s.series == pool[0].series}))
+    step = float(np.median(steps)) if len(steps) else maps[pool[0].series].extent_along(f.disc.normal)
+    x = float(np.average(lateral, weights=weights))
+    c = cfg
+    direction = "central" if abs(x) < c["central_mm"] else "paracentral" if abs(x) < c["paracentral_mm"] else "foraminal"
+    top = {"mm": _r(tops), **_pixel(maps, f, tops, grid)}
+    return {
+        "present": True,
+        "evidence": "hernia class" if any((s.classes[s.protrusion] == HERNIA).any() for s in flagged) else "disc contour",
+        "direction": direction,
+        "side": "none" if direction == "central" else ("right" if x > 0 else "left"),
+        "lateral_offset_mm": round(x, 2),
+        "top_point": top,
+        "height_mm": round(float(max(offsets) - min(offsets) + step), 2),
+        "beyond_endplate_mm": round(max(s.beyond for s in pool), 2),
+        "volume_mm3": round(sum(s.protrusion_area for s in pool) * grid.px**2 * step, 1),
+        "slices_herniated": sum(1 for s in f.sections if s.slice is not None and _herniated(s, grid, cfg)),
+    }
+
+
+def _pixel(maps: list[LabelMap], f: LevelFindings, point: np.ndarray, grid: Grid) -> dict:
+    """Where a point is in the source images: the acquired axial slice nearest to it when the
+    disc has one (slice index, pixel (i, j)), else the voxel of the series it was found in."""
+    acquired = [s for s in f.sections if s.slice is not None]
+    if acquired:
+        s = min(acquired, key=lambda s: abs(float((point - s.point) @ s.normal)))
+    else:
+        s = next(s for s in f.sections)
+    m = maps[s.series]
+    inv = np.linalg.inv(m.affine)
+    ijk = np.rint(inv[:3, :3] @ point + inv[:3, 3]).astype(int).tolist()
+    out = {"series": s.series, "voxel": ijk}
+    if s.slice is not None:
+        out.update(slice=s.slice, pixel=ijk[:2])
+    return out
+
+
+def _centre_section(f: LevelFindings) -> Section | None:
+    """Where the level's dural sac is measured: the acquired slice nearest the disc centre
+    (the clinical measurement), else the resampled plane through it."""
+    for pool in ([s for s in f.sections if s.slice is not None], f.sections):
+        if pool:
+            return min(pool, key=lambda s: abs(s.offset))
+    return None
+
+
+def _disagreement(plane_classes: dict[str, np.ndarray], region: np.ndarray | None = None) -> float | None:
+    """Fraction of voxels (within ``region``) some plane calls tissue on which the planes differ."""
+    stack = np.stack(list(plane_classes.values()))
+    if region is not None:
+        stack = stack[:, region]
+    tissue = (stack > 0).any(axis=0)
+    if not tissue.any():
+        return None
+    return round(float((stack != stack[:1]).any(axis=0)[tissue].mean()), 4)
+
+
+def _box(mask: np.ndarray, pad: int = 2) -> np.ndarray:
+    box = np.zeros_like(mask)
+    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
+    box[tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in sl)] = True
+    return box
+
+
+def _r(x: np.ndarray) -> list[float]:
+    return [round(float(v), 2) for v in x]
+
+
+def level_summary(level: dict) -> str:
+    """One line a radiologist can read."""
+    name = level["level"] or "unnamed disc"
+    parts = [f"disc {level['disc_volume_mm3'] / 1000:.1f} cm³"]
+    sac = level["dural_sac"]
+    if sac:
+        parts.append(f"dural sac {sac['area_mm2']:.0f} mm² (AP {sac['ap_diameter_mm']:.1f} mm): "
+                     + ("no central stenosis" if level["stenosis"] == "none" else f"{level['stenosis']} central stenosis"))
+    h = level["herniation"]
+    if h["present"]:
+        where = h["direction"] + ("" if h["side"] == "none" else f" {h['side']}")
+        parts.append(f"{where} herniation, {h['height_mm']:.1f} mm high, {h['beyond_endplate_mm']:.1f} mm past the endplate margin")
+    else:
+        parts.append("no herniation")
+    return f"{name}: " + "; ".join(parts)
+
+
+def findings_report(findings: Findings, config: dict | None = None) -> dict:
+    """The JSON-ready report of :func:`measure`'s findings (without study metadata)."""
+    cfg = config or load_config()
+    levels_out = []
+    for f in findings.discs:
+        d = f.disc
+        centre = _centre_section(f)
+        sac = None
+        if centre is not None and centre.sac_area > 0:
+            sac = {"area_mm2": round(centre.sac_area, 1), "ap_diameter_mm": round(centre.ap, 2),
+                   "ap_line_mm": [_r(p) for p in centre.ap_line] if centre.ap_line else None,
+                   "series": centre.series, "slice": centre.slice, "offset_mm": round(centre.offset, 2)}
+        naming_map = findings.maps[findings.naming_series] if findings.naming_series is not None else None
+        disagreement = None
+        if naming_map is not None and naming_map.plane_classes:
+            disagreement = _disagreement(naming_map.plane_classes, _box(d.instance.mask))
+        level = {
+            "level": d.instance.name,
+            "centre_mm": _r(d.centre), "normal": [round(float(x), 4) for x in d.normal],
+            "disc_volume_mm3": round(d.instance.volume_mm3, 1), "disc_height_mm": round(d.height, 2),
+            "dural_sac": sac,
+            "stenosis": stenosis_grade(sac["area_mm2"], cfg) if sac else None,
+            "herniation": _herniation(f, findings.maps, findings.grid, cfg["herniation"]),
+            "plane_disagreement": disagreement,
+            "slices": [{
+                "series": s.series, "slice": s.slice, "offset_mm": round(s.offset, 2),
+                "point_mm": _r(s.point), "normal": [round(float(x), 4) for x in s.normal],
+                "dural_sac_area_mm2": round(s.sac_area, 1), "ap_diameter_mm": round(s.ap, 2),
+                "herniated": _herniated(s, findings.grid, cfg["herniation"]),
+                "protrusion_area_mm2": round(s.protrusion_area * findings.grid.px**2, 1),
+            } for s in sorted(f.sections, key=lambda s: (s.series, s.offset))],
+        }
+        level["summary"] = level_summary(level)
+        levels_out.append(level)
+    lv = findings.levels
+    naming = None
+    if lv is not None:
+        naming = {"anchor": lv.anchor, "confidence": lv.confidence, "notes": list(lv.notes),
+                  "series": findings.naming_series}
+    whole = None
+    named = [m for m in findings.maps if m.plane_classes]
+    if named:
+        whole = _disagreement(max(named, key=lambda m: m.classes.size).plane_classes)
+    return {
+        "naming": naming,
+        "plane_disagreement": whole,
+        "levels": levels_out,
+        "vertebrae": [{"name": b.name, "centre_mm": _r(b.centroid_mm), "volume_mm3": round(b.volume_mm3, 1)}
+                      for b in (lv.bodies if lv else [])],
+        "summary": "\n".join(level["summary"] for level in reversed(levels_out)) or "no discs found",
+    }
+
+
+def _problems_of(maps: Sequence[LabelMap], shapes: Sequence[tuple[int, ...]]) -> list[str]:
+    """What makes label maps unusable: a grid that is not its image's, values that are not classes."""
+    problems = []
+    for i, (m, shape) in enumerate(zip(maps, shapes)):
+        name = f"series {i}" + (f" ({m.description})" if m.description else "")
+        if m.classes is None:
+            problems.append(f"{name}: no mask")
+        elif m.classes.shape != tuple(shape):
+            problems.append(f"{name}: mask shape {tuple(m.classes.shape)} does not match the image grid {tuple(shape)}")
+        elif m.classes.size and not np.isin(np.unique(m.classes), [*range(tissues.NUM_TISSUES), UNKNOWN]).all():
+            bad = sorted(set(np.unique(m.classes).tolist()) - {*range(tissues.NUM_TISSUES), UNKNOWN})
+            problems.append(f"{name}: mask values {bad[:5]} are not tissue classes (0..{tissues.NUM_TISSUES - 1})")
+    return problems
+
+
+def study_report(study: Study, classes: Sequence[np.ndarray | None] | None = None, *,
+                 plane_classes: Sequence[dict[str, np.ndarray] | None] | None = None,
+                 source: str = "truth", config: dict | None = None) -> dict:
+    """The findings report of a study (schema :data:`SCHEMA`).
+
+    ``classes``: one tissue-class map per ``study.series`` on that series' grid (a prediction),
+    or None to use the study's own label maps (ground truth, read through ``study.structures``).
+    Never raises on bad masks: ``status`` is ``"ok"``, ``"no_findings"`` (nothing to measure)
+    or ``"error"`` (unusable input), and ``problems`` says why.
+    """
+    report = {"schema": SCHEMA, "subject": study.subject, "set": study.set, "source": source,
+              "status": "ok", "problems": [], "series": [], "naming": None, "plane_disagreement": None,
+              "levels": [], "vertebrae": [], "summary": ""}
+    series = list(study.series)
+    report["series"] = [{"index": i, "description": s.description, "shape": list(s.shape),
+                         "spacing_mm": _r(s.spacing), "axcodes": "".join(s.axcodes)} for i, s in enumerate(series)]
+    if classes is None:
+        from lumbarseg.datasets import tissue_target
+
+        classes = [None if s.label is None else tissue_target(s.label, study.structures) for s in series]
+    classes = list(classes)
+    if len(classes) != len(series):
+        return _failed(report, "error", [f"{len(classes)} masks for {len(series)} series"])
+    planes = list(plane_classes) if plane_classes is not None else [None] * len(series)
+    maps = [LabelMap(None if c is None else np.asarray(c), s.affine, s.description, p)
+            for c, s, p in zip(classes, series, planes)]
+    problems = _problems_of(maps, [s.shape for s in series])
+    if problems:
+        return _failed(report, "error", problems)
+    missing = [f"series {i} has no mask: not measured" for i, m in enumerate(maps) if m.classes is None]
+    for m, s in zip(maps, series):
+        if m.classes is None:  # kept (as not annotated) so that series indices stay the study's
+            m.classes = np.full(s.shape, UNKNOWN, np.uint8)
+    if not any(((m.classes != 0) & (m.classes != UNKNOWN)).any() for m in maps):
+        return _failed(report, "no_findings", missing + ["the mask is empty: no tissue to measure"])
+    findings = measure(maps, config)
+    report.update(findings_report(findings, config))
+    report["problems"] = missing + findings.problems
+    if not findings.discs:
+        report["status"] = "no_findings"
+        report["summary"] = "; ".join(findings.problems)
+    return report
+
+
+def _failed(report: dict, status: str, problems: list[str]) -> dict:
+    report.update(status=status, problems=problems, summary="; ".join(problems))
+    return report
