@@ -40,7 +40,8 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = False) -> dict:
     segmenter = Segmenter.load(weights)
     split = load_split()
-    entries = [e for e in manifest.read_manifest(data) if all_subjects or group_of(e, split) == "holdout"]
+    entries = [e for e in manifest.read_manifest(data)
+               if all_subjects or e.set not in split or group_of(e, split) == "holdout"]
     if not entries:
         raise StudyError(data, "no studies to evaluate (every subject is in a training group; use --all-subjects)")
     subjects = []

@@ -24,6 +24,7 @@ from typing import Mapping, TypeVar
 import nibabel as nib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRangePercentiles
 
 from lumbarseg.io.study import Series
@@ -117,3 +118,19 @@ def network_input(series: Series) -> np.ndarray:
     canonical = to_canonical(series)
     chosen = canonical.image[select_channels(canonical.modalities)]
     return np.asarray(_scale(chosen), dtype=np.float32)
+
+
+def grid_size(series: Series, spacing: float) -> tuple[int, int, int]:
+    """Shape of ``series``' field of view resampled to isotropic ``spacing`` mm."""
+    return tuple(max(1, int(round(n * s / spacing))) for n, s in zip(series.shape, series.spacing))  # type: ignore[return-value]
+
+
+def resample(volume: np.ndarray, size: tuple[int, int, int], mode: str) -> np.ndarray:
+    """``(C, X, Y, Z)`` -> ``(C, *size)`` over the same field of view; ``mode`` "trilinear" for
+    images and probabilities, "nearest" for label maps (values kept, dtype kept)."""
+    if tuple(volume.shape[1:]) == tuple(size):
+        return volume
+    t = torch.from_numpy(np.ascontiguousarray(volume))[None]
+    if mode == "nearest":
+        return F.interpolate(t.float(), size=size, mode="nearest-exact")[0].to(t.dtype).numpy()
+    return F.interpolate(t.float(), size=size, mode="trilinear", align_corners=False)[0].numpy()

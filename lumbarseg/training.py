@@ -87,6 +87,9 @@ def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
 
 
 def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datasets.TrainingVolume:
+    missing = [p for p in (entry.image, entry.label) if p and not p.is_file()]
+    if missing:
+        raise StudyError(missing[0], "file not found")
     stat = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (entry.image, entry.label) if p]
     key = hashlib.sha256(repr((str(entry.image), stat, spacing, sorted(entry.structures.items()))).encode()).hexdigest()[:16]
     path = cache / f"{entry.set}_{entry.subject}_{key}.npz"
