@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--all-subjects", action="store_true", help="also score subjects used in training")
     p.set_defaults(run=_evaluate)
+
+    from lumbarseg.triton.commands import add_commands as add_serving_commands  # export, triton, infer
+
+    add_serving_commands(sub)
     return parser
 
 

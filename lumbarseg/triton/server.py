@@ -70,6 +70,7 @@ class TritonServer:
     ``config_name="cpu"`` selects each model's ``configs/cpu.pbtxt`` (python backend running
     onnxruntime) instead of its GPU ``config.pbtxt``. Models load explicitly (model control
     mode ``explicit``), all at start, so a retrained model can be reloaded without a restart.
+    ``log_path``: the server's log file; ``"-"`` for this process's terminal; None to discard it.
     """
 
     def __init__(self, repository: str | Path, *, http_port: int = 8010, grpc_port: int = 8011,
@@ -78,7 +79,7 @@ class TritonServer:
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.config_name = config_name
-        self.log_path = Path(log_path) if log_path else None
+        self.log_path = None if log_path is None else "-" if str(log_path) == "-" else Path(log_path)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -108,14 +109,19 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> "TritonServer":
         if not self.repository.is_dir():
             raise TritonError(f"{self.repository}: model repository not found")
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        if self.log_path is None:
+            log = subprocess.DEVNULL
+        elif self.log_path == "-":
+            log = None  # this process's stdout
+        else:
+            log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise TritonError(f"tritonserver exited with code {self.process.returncode} while starting"
-                                  + (f"; see {self.log_path}" if self.log_path else ""))
+                                  + (f"; see {self.log_path}" if isinstance(self.log_path, Path) else ""))
             if self.ready():
                 return self
             time.sleep(0.5)

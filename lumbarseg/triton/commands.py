@@ -1,0 +1,169 @@
+"""The serving subcommands of ``lumbarseg``: ``export``, ``triton serve|health`` and ``infer``
+(registered by :func:`add_commands` from :mod:`lumbarseg.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+from lumbarseg.triton.server import TritonError
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "lite"
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _fail(args: argparse.Namespace, err: Exception) -> int:
+    print(f"lumbarseg {args.command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lumbarseg.triton.export import ExportError, export
+
+    try:
+        report = export(args.weights, args.repository, args.version)
+    except ExportError as err:
+        return _fail(args, err)
+    for model, path in report.files.items():
+        print(f"{model:15s} {path}  max |torch - onnxruntime| {report.max_difference[model]:.1e}")
+    print(f"exported {args.weights} into {report.repository} (version {report.version})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lumbarseg.triton.export import NETWORK_MODELS
+    from lumbarseg.triton.server import TritonServer
+
+    repository = Path(args.repository)
+    missing = [m for m in NETWORK_MODELS if not any((repository / m).glob("*/model.onnx"))]
+    if missing:
+        return _fail(args, TritonError(f"{repository}: no model.onnx for {', '.join(missing)}; run "
+                                       f"`lumbarseg export --weights WEIGHTS --repository {repository}` first"))
+    server = TritonServer(repository, http_port=args.http_port, grpc_port=args.grpc_port,
+                          config_name="cpu" if args.cpu else None, log_path=args.log or "-")
+
+    def terminate(signum, frame):  # `kill` stops the server as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        server.start(timeout=args.timeout)
+        print(f"Triton ready: http://{server.url}  grpc://127.0.0.1:{args.grpc_port}  "
+              f"({'CPU configs' if args.cpu else 'GPU configs'}, {repository}); Ctrl-C stops it", flush=True)
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        return _fail(args, TritonError(f"tritonserver exited with code {server.process.returncode}"))
+    except TritonError as err:
+        return _fail(args, err)
+    except KeyboardInterrupt:
+        print("stopping Triton", flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+def _health(args: argparse.Namespace) -> int:
+    import json
+
+    from lumbarseg.triton.client import TritonSegmenter
+
+    try:
+        with TritonSegmenter(args.triton_url, retries=0, timeout=10) as client:
+            health = client.health()
+    except TritonError as err:
+        return _fail(args, err)
+    print(json.dumps(health, indent=1))
+    return 0 if health["ready"] and all(s == "READY" for s in health["models"].values()) else 1
+
+
+def _label_name(path: str) -> str:
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return f"{name}_label.nii.gz"
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from lumbarseg import io, postprocess
+
+    out = Path(args.out)
+    if len(args.studies) > 1 or out.is_dir():
+        names = [_label_name(s) for s in args.studies]
+        if len(set(names)) < len(names):
+            return _fail(args, ValueError("two studies would write the same label file; give them distinct names"))
+        out.mkdir(parents=True, exist_ok=True)
+        targets = [out / n for n in names]
+    else:
+        targets = [out]
+    try:
+        if args.backend == "triton":
+            from lumbarseg.triton.client import TritonSegmenter
+
+            backend = TritonSegmenter(args.triton_url, timeout=args.timeout)
+            backend.require_ready()
+            segment = partial(backend.segment, with_planes=False)  # labels only: no per-plane transfer
+        else:
+            from lumbarseg.pipeline import Segmenter
+
+            segment = Segmenter.load(args.weights).segment
+        for path, target in zip(args.studies, targets):
+            series = io.load_study(path).primary
+            classes = postprocess.remove_small_objects(segment(series).classes, series.affine)
+            levels = postprocess.name_levels(classes, series.affine)
+            io.save_label(postprocess.study_label_map(classes, levels), series.affine, target)
+            named = [d.name for d in levels.discs if d.name]
+            print(f"{path} -> {target}  discs {', '.join(named) or 'none'} (anchor {levels.anchor}, "
+                  f"confidence {levels.confidence})", flush=True)
+    except TritonError as err:
+        return _fail(args, err)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a weights folder to ONNX in the Triton model repository",
+                       description="Export the plane networks and the fusion of a weights folder to ONNX "
+                                   "(REPOSITORY/<model>/<version>/model.onnx), each checked against PyTorch "
+                                   "with onnxruntime; set the pipeline's spacing from the weights. Missing "
+                                   "configs are copied from the project's model_repository/.")
+    p.add_argument("--weights", default=str(WEIGHTS), help=f"weights folder (default {WEIGHTS})")
+    p.add_argument("--repository", default=str(REPOSITORY), help=f"model repository (default {REPOSITORY})")
+    p.add_argument("--version", type=int, default=1, help="model version folder (default 1)")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("triton", help="run a local Triton server on the model repository, or check one",
+                       description="Local NVIDIA Triton (the nvidia-pytriton wheel's tritonserver) on 127.0.0.1.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = actions.add_parser("serve", help="serve the repository until Ctrl-C",
+                           description="Start tritonserver on loopback, wait until every model is ready, "
+                                       "serve until Ctrl-C or SIGTERM, then shut it down.")
+    s.add_argument("--cpu", action="store_true",
+                   help="use each model's configs/cpu.pbtxt (python backend on onnxruntime; no GPU needed)")
+    s.add_argument("--repository", default=str(REPOSITORY), help=f"model repository (default {REPOSITORY})")
+    s.add_argument("--http-port", type=int, default=8010, help="HTTP port (default 8010; 8000 is MONAI Label's)")
+    s.add_argument("--grpc-port", type=int, default=8011, help="gRPC port (default 8011)")
+    s.add_argument("--log", help="write the server log to this file (default: this terminal)")
+    s.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness (default 180)")
+    s.set_defaults(run=_serve)
+    s = actions.add_parser("health", help="print a server's liveness, readiness and model states",
+                           description="Exit status 0 when the server and every model are ready, 1 when not, "
+                                       "2 when the server cannot be reached.")
+    s.add_argument("--triton-url", default="http://127.0.0.1:8010", help="http://HOST:PORT or grpc://HOST:PORT")
+    s.set_defaults(run=_health)
+
+    p = sub.add_parser("infer", help="segment studies into level-named label maps (in-process or on Triton)",
+                       description="Segment each STUDY (NIfTI 3D/4D file or DICOM folder; its largest series) "
+                                   "and write the study label map (discs and bodies named by level) as NIfTI.")
+    p.add_argument("studies", nargs="+", metavar="STUDY")
+    p.add_argument("--out", required=True,
+                   help="label file for one study; a folder (STUDY name + _label.nii.gz) for several")
+    p.add_argument("--backend", choices=("local", "triton"), default="local",
+                   help="local: PyTorch in this process (--weights); triton: a server's spine_pipeline (--triton-url)")
+    p.add_argument("--weights", default=str(WEIGHTS), help=f"weights folder for --backend local (default {WEIGHTS})")
+    p.add_argument("--triton-url", default="http://127.0.0.1:8010", help="http://HOST:PORT or grpc://HOST:PORT")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per Triton request (default 300)")
+    p.set_defaults(run=_infer)
