@@ -104,6 +104,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_findings(args: argparse.Namespace) -> int:
+    import json
+
+    from lumbarseg.findings import evaluate_findings, print_findings
+
+    results = evaluate_findings(args.data, args.source, args.weights, reports=args.reports)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print_findings(results)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumbarseg", description="Lumbar spine MRI segmentation: studies, models, serving."
@@ -147,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--all-subjects", action="store_true", help="also score subjects used in training")
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("evaluate-findings", help="herniation, hernia top point, stenosis and level naming against truth",
+                       description="Findings (lumbarseg/measure.py) of every study of a data folder against its truth: "
+                                   "phantom <subject>_truth.json (herniation per disc and per axial slice, top point, "
+                                   "height, stenosis) and the manifest's level names (level-naming accuracy).")
+    p.add_argument("--data", required=True, help="data folder with a manifest.csv")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--source", choices=("truth", "model"), default="truth",
+                   help="findings from the ground-truth masks (default) or from the model's predictions")
+    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help=f"weights folder for --source model (default {DEFAULT_WEIGHTS})")
+    p.add_argument("--reports", help="also write each study's findings report JSON into this folder")
+    p.set_defaults(run=_evaluate_findings)
 
     from lumbarseg.triton.commands import add_commands as add_serving_commands  # export, triton, infer
 

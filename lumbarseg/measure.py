@@ -141,7 +141,7 @@ def _points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
 
 
-def _in_plane_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def in_plane_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Anterior ``v`` (patient +y projected into the plane) and right ``u = v x n``."""
     v = np.array([0.0, 1.0, 0.0]) - normal[1] * normal
     if np.linalg.norm(v) < 1e-3:  # a plane facing front: no anterior direction in it
@@ -153,10 +153,8 @@ def _in_plane_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def disc_frame(inst: postprocess.Instance, affine: np.ndarray) -> Disc:
     points = _points(inst.mask, affine)
     centre = points.mean(axis=0)
-    # The disc is a flat slab: its normal is the direction of least spread.
-    normal = np.linalg.svd(points - centre, full_matrices=False)[2][-1]
-    normal = normal if normal[2] >= 0 else -normal
-    v, u = _in_plane_frame(normal)
+    normal = postprocess.slab_normal(inst.mask, affine)
+    v, u = in_plane_frame(normal)
     d = points - centre
     along = d @ normal
     near_axis = np.linalg.norm(d - along[:, None] * normal, axis=1) < 6.0
@@ -305,8 +303,8 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
         reach = d.height / 2 + sections_cfg["beyond_disc_mm"]
         probe = d.height / 2 + cfg["herniation"]["endplate_probe_mm"]
         volume_like = [i for i, m in enumerate(maps) if not is_axial_stack(m, d.normal, sections_cfg)]
-        if naming_index is not None:  # resample from the series the disc was found in
-            volume_like = [naming_index] + [i for i in volume_like if i != naming_index]
+        # Resample from the series the disc was found in, unless its own slices are the sections.
+        volume_like.sort(key=lambda i: i != naming_index)
         # The endplates' cross-section: bodies (or the sacrum) just beyond the disc on each side.
         for i in volume_like[:1]:
             plates = [_sample(maps[i], d.centre + s * probe * d.normal, d.u, d.v, grid) for s in (-1, 1)]
@@ -330,8 +328,9 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
         for sec in f.sections:
             _dural_sac(sec, grid)
             _protrusion(sec, margins.get(sec.series))
-        if f.footprint is None:
-            problems.append(f"{d.instance.name or 'a disc'}: no vertebral body next to it; herniation from the hernia class only")
+    lonely = [f.disc.instance.name or "unnamed" for f in discs if f.footprint is None]
+    if lonely:
+        problems.append(f"no vertebral body next to disc(s) {', '.join(lonely)}: herniation there from the hernia class only")
     # An acquired slice belongs to the one disc it is closest to.
     owner: dict[tuple[int, int], tuple[float, int]] = {}
     for n, f in enumerate(discs):
@@ -352,7 +351,7 @@ def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Gri
     out = []
     normal = m.normal()
     cos = float(normal @ d.normal)
-    v, u = _in_plane_frame(normal if cos >= 0 else -normal)
+    v, u = in_plane_frame(normal if cos >= 0 else -normal)
     for k in range(m.classes.shape[2]):
         origin = m.affine[:3, :3] @ np.array([0.0, 0.0, k]) + m.affine[:3, 3]
         t = float((origin - d.centre) @ normal / cos)  # along the disc axis to the slice plane
@@ -530,8 +529,8 @@ def _problems_of(maps: Sequence[LabelMap], shapes: Sequence[tuple[int, ...]]) ->
     for i, (m, shape) in enumerate(zip(maps, shapes)):
         name = f"series {i}" + (f" ({m.description})" if m.description else "")
         if m.classes is None:
-            problems.append(f"{name}: no mask")
-        elif m.classes.shape != tuple(shape):
+            continue
+        if m.classes.shape != tuple(shape):
             problems.append(f"{name}: mask shape {tuple(m.classes.shape)} does not match the image grid {tuple(shape)}")
         elif m.classes.size and not np.isin(np.unique(m.classes), [*range(tissues.NUM_TISSUES), UNKNOWN]).all():
             bad = sorted(set(np.unique(m.classes).tolist()) - {*range(tissues.NUM_TISSUES), UNKNOWN})

@@ -95,6 +95,13 @@ def _spine_axis(points: np.ndarray) -> np.ndarray:
     return direction if direction[2] >= 0 else -direction
 
 
+def slab_normal(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Unit normal of a flat object (a disc): its direction of least spread, pointing superior."""
+    points = np.argwhere(mask) @ affine[:3, :3].T
+    normal = np.linalg.svd(points - points.mean(axis=0), full_matrices=False)[2][-1]
+    return normal if normal[2] >= 0 else -normal
+
+
 def _span(inst: Instance, affine: np.ndarray, axis: np.ndarray) -> np.ndarray:
     """Positions (mm along the spine axis) of an instance's voxels."""
     return (np.argwhere(inst.mask) @ affine[:3, :3].T + affine[:3, 3]) @ axis
@@ -160,7 +167,12 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
     bodies = instances(classes, affine, BODY, minimum["vertebral_body"])
     sacra = instances(classes, affine, SACRUM, minimum["sacrum"])
     sacrum = max(sacra, key=lambda s: s.volume_mm3) if sacra else None
-    axis = _spine_axis(np.array([i.centroid_mm for i in discs + bodies])) if discs or bodies else np.array([0, 0, 1.0])
+    if len(discs) + len(bodies) >= 3:
+        axis = _spine_axis(np.array([i.centroid_mm for i in discs + bodies]))
+    elif discs:  # too few centroids for a line (one axial stack): a disc's normal is the axis
+        axis = slab_normal(max(discs, key=lambda d: d.volume_mm3).mask, affine)
+    else:
+        axis = _spine_axis(np.array([i.centroid_mm for i in bodies]))
     for inst in discs + bodies:
         inst.position = float(inst.centroid_mm @ axis)
     notes: list[str] = []
