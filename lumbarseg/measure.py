@@ -240,12 +240,12 @@ def _margin(footprint: np.ndarray, source: LabelMap, v: np.ndarray, u: np.ndarra
             cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """Distance (mm) of each pixel from the endplates' cross-section, and where disc material is
     beyond their margin: posterior to the disc centre, more than ``margin_mm`` out and more than
-    one source voxel out (a coarse grid moves the disc's and the body's voxelised edges by a
-    voxel independently)."""
+    1.5 source voxels out (a coarse grid moves the disc's and the body's voxelised edges by a
+    whole voxel independently; resampling adds up to half a voxel)."""
     mm = ndimage.distance_transform_edt(~footprint, sampling=grid.px)
     voxels = ndimage.distance_transform_edt(~footprint, sampling=(grid.px / source.extent_along(v),
                                                                   grid.px / source.extent_along(u)))
-    return mm, (mm > cfg["margin_mm"]) & (voxels > 1.0) & (grid.V < 0)[:, None]
+    return mm, (mm > cfg["margin_mm"]) & (voxels > 1.5) & (grid.V < 0)[:, None]
 
 
 def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> None:

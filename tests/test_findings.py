@@ -1,0 +1,68 @@
+"""``evaluate-findings``: Table 5/6 statistics and level-naming accuracy against truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lumbarseg import cli, findings, phantom, tissues
+from lumbarseg.io.study import Series, Study
+
+
+def test_detection_statistics_count_like_table_5():
+    row = findings.detection([True, True, False, False, False], [True, False, False, True, False])
+    assert (row["tp"], row["fn"], row["fp"], row["tn"]) == (1, 1, 1, 2)
+    assert row["sensitivity"] == 0.5 and row["specificity"] == pytest.approx(2 / 3, abs=1e-4)
+    assert row["precision"] == 0.5 and row["accuracy"] == 0.6
+    assert findings.detection([], [])["sensitivity"] is None
+
+
+def test_level_naming_is_scored_against_the_label_names():
+    label = np.zeros((10, 10, 100), np.uint8)
+    label[2:8, 2:8, 10:20] = 1  # L5-S1
+    label[2:8, 2:8, 50:60] = 2  # L4-L5
+    series = Series(np.zeros((1, 10, 10, 100), np.float32), np.eye(4), ("t2w",), label=label)
+    study = Study([series], {1: "L5-S1", 2: "L4-L5"})
+
+    def report(names):
+        return {"levels": [{"centre_mm": [4.5, 4.5, z], "level": n} for z, n in zip((14.5, 54.5), names)], "vertebrae": []}
+
+    assert findings.score_levels(report(["L5-S1", "L4-L5"]), study) == {"correct": 2, "total": 2, "errors": []}
+    wrong = findings.score_levels(report(["L4-L5", "L3-L4"]), study)
+    assert wrong["correct"] == 0 and "L5-S1 named L4-L5" in wrong["errors"]
+    missed = findings.score_levels({"levels": report(["L5-S1", "L4-L5"])["levels"][:1], "vertebrae": []}, study)
+    assert missed["correct"] == 1 and missed["errors"] == ["L4-L5 not found"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantoms")
+    phantom.write_phantoms(out, 2, seed=611, spacing=(2.5, 1.5, 1.5), hernia_levels=("L4-L5", "L2-L3"))
+    return out
+
+
+def test_evaluate_findings_on_phantoms_from_ground_truth(phantoms, tmp_path):
+    out = tmp_path / "findings.json"
+    assert cli.main(["evaluate-findings", "--data", str(phantoms), "--out", str(out), "--reports", str(tmp_path / "r")]) == 0
+    results = json.loads(out.read_text())
+    assert results["source"] == "truth" and results["phantoms"] == 2
+    per_disc = results["herniation"]["per_disc"]
+    assert per_disc["tp"] + per_disc["fn"] == 4  # two hernias per phantom, both in view
+    assert per_disc["sensitivity"] == 1.0 and per_disc["specificity"] == 1.0
+    per_slice = results["herniation"]["per_slice"]
+    assert per_slice["tp"] > 4 and per_slice["sensitivity"] > 0.6 and per_slice["specificity"] > 0.95
+    assert results["top_point"]["n"] == 4 and results["top_point"]["mae_mm"] < 3.0
+    assert results["levels"]["accuracy"] == 1.0 and results["levels"]["total"] >= 2 * 12
+    assert len(list((tmp_path / "r").glob("*.json"))) == 2
+
+
+def test_evaluate_findings_bad_input_is_a_message(tmp_path, capsys):
+    assert cli.main(["evaluate-findings", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f.json")]) == 2
+    assert "manifest.csv" in capsys.readouterr().err
+    phantom.write_phantoms(tmp_path / "p", 1, seed=612, spacing=(4.0, 2.0, 2.0))
+    code = cli.main(["evaluate-findings", "--data", str(tmp_path / "p"), "--out", str(tmp_path / "f.json"),
+                     "--source", "model", "--weights", str(tmp_path / "no_weights")])
+    assert code == 2 and "model.json" in capsys.readouterr().err
+
