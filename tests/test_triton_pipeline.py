@@ -1,0 +1,189 @@
+"""The Triton path end to end, for real: ``lumbarseg export`` of untrained lite weights into a
+copy of the repository, one ``lumbarseg triton serve --cpu`` (tritonserver from the
+nvidia-pytriton wheel, loopback) shared by the module, the client over HTTP and gRPC against
+in-process inference, and the errors a user meets."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as http
+
+from lumbarseg import phantom, pipeline, planes, tissues
+from lumbarseg.networks.fusion import fusion_net
+from lumbarseg.networks.plane_net import plane_net
+from lumbarseg.triton.client import TritonSegmenter
+from lumbarseg.triton.export import NETWORK_MODELS, TEMPLATE, read_config
+from lumbarseg.triton.server import TritonError
+
+LUMBARSEG = str(Path(sys.executable).parent / "lumbarseg")
+SPACING = 3.0  # a coarse model grid keeps the untrained networks cheap on a shared CPU
+PARITY = 0.999  # share of voxels with identical classes, Triton vs in-process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_state(admin: http.InferenceServerClient, name: str) -> str | None:
+    return next(m.get("state") for m in admin.get_model_repository_index() if m["name"] == name)
+
+
+def one_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LUMBARSEG_ORT_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    k = tissues.NUM_TISSUES
+    pipeline.save_model(folder, {p: plane_net(preset="lite", num_classes=k) for p in planes.PLANES},
+                        fusion_net(num_classes=k), {"preset": "lite", "spacing_mm": SPACING})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(weights, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the committed repository (configs, model.py) with ONNX from the CLI export."""
+    repository = tmp_path_factory.mktemp("triton") / "model_repository"
+    shutil.copytree(TEMPLATE, repository, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    result = subprocess.run([LUMBARSEG, "export", "--weights", str(weights), "--repository", str(repository)],
+                            capture_output=True, text=True, timeout=900, env=one_thread_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return repository, result.stdout
+
+
+@pytest.fixture(scope="module")
+def served(exported, tmp_path_factory):
+    """``lumbarseg triton serve --cpu`` on free loopback ports; stopped with Ctrl-C (SIGINT) at
+    the end, which must shut tritonserver down and exit 0."""
+    repository, _ = exported
+    http_port, grpc_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("log") / "triton.log"
+    process = subprocess.Popen([LUMBARSEG, "triton", "serve", "--cpu", "--repository", str(repository),
+                                "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log", str(log)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=one_thread_env())
+    seen = []
+    for line in process.stdout:  # the launcher says "Triton ready" once every model is (or exits)
+        seen.append(line)
+        if "Triton ready" in line:
+            break
+    else:
+        pytest.fail(f"serve did not come up: {''.join(seen)}\n{log.read_text()[-3000:] if log.exists() else ''}")
+    yield {"http": f"http://127.0.0.1:{http_port}", "grpc": f"grpc://127.0.0.1:{grpc_port}", "log": log}
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    assert "stopping Triton" in process.stdout.read()
+    with pytest.raises(TritonError, match="Connection refused"):
+        TritonSegmenter(f"http://127.0.0.1:{http_port}", retries=0).health()
+
+
+@pytest.fixture(scope="module")
+def study():
+    return phantom.generate(5).primary
+
+
+@pytest.fixture(scope="module")
+def local(weights, study) -> pipeline.Segmentation:
+    torch.set_num_threads(1)
+    return pipeline.Segmenter.load(weights).segment(study)
+
+
+def test_export_checks_every_network_against_pytorch(exported):
+    repository, stdout = exported
+    differences = {m: float(d) for m, d in re.findall(r"(\S+)\s+\S+model\.onnx\s+max \|torch - onnxruntime\| (\S+)", stdout)}
+    assert set(differences) == set(NETWORK_MODELS)
+    assert max(differences.values()) < 1e-4
+    for model in NETWORK_MODELS:
+        assert (repository / model / "1" / "model.onnx").stat().st_size > 10_000
+    for config in ("config.pbtxt", "configs/cpu.pbtxt"):
+        assert read_config(repository / "spine_pipeline" / config).parameters["spacing_mm"].string_value == "3"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_pipeline_matches_in_process_inference(served, study, local, protocol):
+    with TritonSegmenter(served[protocol]) as client:
+        assert client.spacing == SPACING
+        remote = client.segment(study)
+    assert remote.classes.shape == study.shape
+    assert (remote.classes == local.classes).mean() >= PARITY
+    for plane in planes.PLANES:
+        assert (remote.plane_classes[plane] == local.plane_classes[plane]).mean() >= PARITY
+    np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-4)
+
+
+def test_classes_output_and_health(served, local):
+    with TritonSegmenter(served["grpc"]) as client:
+        health = client.health()
+        assert health["ready"] and set(health["models"]) == {*NETWORK_MODELS, "spine_pipeline"}
+        image = np.random.default_rng(0).random((3, 17, 23, 12), dtype=np.float32)
+        out = client.infer(image, ["CLASSES", "PROBABILITIES"])
+    assert out["CLASSES"].dtype == np.uint8 and out["CLASSES"].shape == (17, 23, 12)
+    np.testing.assert_array_equal(out["CLASSES"], out["PROBABILITIES"].argmax(axis=0))
+
+
+def test_bad_input_is_refused_with_the_reason(served):
+    with TritonSegmenter(served["http"]) as client:
+        image = np.zeros((3, 8, 8, 8), np.float32)
+        image[1, 2, 3, 4] = np.nan
+        with pytest.raises(TritonError, match=r"NaN or infinite.*status 400"):
+            client.infer(image, ["CLASSES"])
+        with pytest.raises(TritonError, match=r"IMAGE.*status 400"):
+            client.infer(np.zeros((2, 8, 8, 8), np.float32), ["CLASSES"])  # two channels, not three
+        assert client.health()["ready"]  # and the server is still serving
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_server_that_is_down_is_a_clear_error(protocol):
+    url = f"{protocol}://127.0.0.1:{free_port()}"
+    with pytest.raises(TritonError, match=re.escape(url) + r".*(C|c)onnection refused"):
+        TritonSegmenter(url, retries=1, backoff=0.05).segment(phantom.generate(1).primary)
+
+
+def test_a_model_that_is_not_loaded_is_a_clear_error(served, study):
+    with pytest.raises(TritonError, match="'no_such_model' is not in the server's repository"):
+        TritonSegmenter(served["http"], model="no_such_model").require_ready()
+    admin = http.InferenceServerClient(served["http"].removeprefix("http://"))
+    admin.unload_model("plane_axial")
+    deadline = time.monotonic() + 60
+    while model_state(admin, "plane_axial") != "UNAVAILABLE" and time.monotonic() < deadline:  # stub stopping
+        time.sleep(0.2)
+    try:
+        with TritonSegmenter(served["http"], retries=0) as client:
+            with pytest.raises(TritonError, match=r"'plane_axial' is not ready \(UNAVAILABLE"):
+                client.require_ready("plane_axial")
+            with pytest.raises(TritonError, match="plane_axial"):
+                client.segment(study)
+    finally:
+        admin.load_model("plane_axial")
+    assert admin.is_model_ready("plane_axial")
+
+
+def test_cli_infer_on_triton_writes_a_level_named_label_map(served, study, tmp_path):
+    from lumbarseg import io
+
+    source = tmp_path / "study.nii.gz"
+    io.save_image(study, source)
+    out = tmp_path / "label.nii.gz"
+    result = subprocess.run([LUMBARSEG, "infer", str(source), "--backend", "triton", "--triton-url", served["grpc"],
+                             "--out", str(out)], capture_output=True, text=True, timeout=600, env=one_thread_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"-> {out}" in result.stdout
+    label = np.asarray(nib.load(out).dataobj)
+    assert label.shape == study.shape
+    assert set(np.unique(label)) <= {0, *tissues.STUDY_LABELS}
