@@ -51,22 +51,14 @@ VERTEBRAE: tuple[str, ...] = ("T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1")
 
 
 def _study_labels() -> dict[int, str]:
-    labels = {
-        1: "dural_sac",
-        2: "hernia",
-        3: "articular_process",
-        4: "ligamentum_flavum",
-        5: "spinous_process",
-        6: "sacrum",
-        # A disc or body whose level is not known (a prediction before level naming, or an
-        # extra disc above T11).
-        9: "disc",
-        19: "vertebral_body",
-    }
-    labels.update({10 + i: level for i, level in enumerate(DISC_LEVELS)})
-    # S1 is the sacrum's top body; it is labelled as "sacrum" (value 6), not as a vertebra.
-    labels.update({20 + i: v for i, v in enumerate(VERTEBRAE[:-1])})
-    return dict(sorted(labels.items()))
+    # Contiguous values 1..N, so a viewer's label *list* (OHIF's MONAI Label panel takes a list
+    # and numbers it from 1) is this table in value order, with no second encoding.
+    names = ["dural_sac", "hernia", "articular_process", "ligamentum_flavum", "spinous_process",
+             "sacrum",  # S1 is the sacrum's top body; it is labelled "sacrum", not as a vertebra
+             # A disc or body whose level is not known (a prediction before level naming, or an
+             # extra disc above T11), then each by level, caudal last.
+             "disc", *DISC_LEVELS, "vertebral_body", *VERTEBRAE[:-1]]
+    return {value: name for value, name in enumerate(names, start=1)}
 
 
 STUDY_LABELS: dict[int, str] = _study_labels()

@@ -26,3 +26,8 @@ def test_structures_round_trip_and_errors():
         tissues.parse_structures("1=L6-S1")
     with pytest.raises(ValueError, match="value=name"):
         tissues.parse_structures("disc")
+
+
+def test_study_label_values_are_contiguous_for_viewer_label_lists():
+    # OHIF's MONAI Label panel numbers an app's label list from 1: value i+1 is list entry i
+    assert list(tissues.STUDY_LABELS) == list(range(1, len(tissues.STUDY_LABELS) + 1))
