@@ -164,3 +164,24 @@ def test_stenosis_grades_follow_the_cited_thresholds():
     assert "Schonstrom" in config["stenosis"]["about"]
     assert [measure.stenosis_grade(a) for a in (30, 60, 90, 150)] == ["severe", "moderate", "mild", "none"]
     assert phantom.stenosis_grade is measure.stenosis_grade  # one implementation
+
+
+def test_extra_discs_in_the_mask_stay_unnamed_above_t11():
+    """A segmentation that also finds the thoracic discs above T11-T12 (which phantom truth
+    leaves unlabelled): the sacrum anchors the names and the extra discs get none."""
+    model = phantom.Phantom(phantom.PhantomSpec.sample(504, extra_discs=2, spacing=(3.0, 2.0, 2.0)))
+    grid = model.volume_affine()
+    shape = model.stored_shape()
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    label, look = model.evaluate(ijk @ grid[:3, :3].T + grid[:3, 3])
+    structures = {v: tissues.STUDY_LABELS[v] for v in tissues.STUDY_LABELS}
+    classes = tissue_target(label, structures)
+    classes[(label == 0) & np.isin(look, (phantom.NUCLEUS, phantom.ANNULUS))] = measure.DISC
+    series = Series(np.zeros((1, *shape), np.float32), grid, ("t2w",), "vol", label.reshape(shape))
+    report = measure.study_report(Study([series], structures), [classes.reshape(shape)], source="model")
+    truth = {d["level"]: d["center_mm"] for d in model.truth()["discs"]}
+    named = [lv for lv in report["levels"] if lv["level"]]
+    assert len(report["levels"]) == 9 and len(named) == 7
+    for lv in named:
+        assert np.linalg.norm(np.subtract(lv["centre_mm"], truth[lv["level"]])) < 5.0
+    assert report["naming"]["anchor"] == "sacrum"
