@@ -213,6 +213,27 @@ def print_findings(results: dict) -> None:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 120)
+    if results["phantoms"]:
+        _print_phantom_tables(console, results)
+    t = Table("set", "levels named correctly", "accuracy", title="Level naming")
+    for st, r in results["levels"]["per_set"].items():
+        if r["total"]:
+            t.add_row(st, f"{r['correct']}/{r['total']}", _f(r["accuracy"]))
+    lv = results["levels"]
+    t.add_row("all", f"{lv['correct']}/{lv['total']}", _f(lv["accuracy"]))
+    console.print(t)
+    counts: dict[str, int] = {}
+    for s in results["subjects"]:
+        if s["status"] != "ok":
+            key = f"{s['set']}: {s['status']}: {'; '.join(s['problems'])}"
+            counts[key] = counts.get(key, 0) + 1
+    for key, n in counts.items():
+        console.print(f"[yellow]{n} × {key}[/yellow]")
+
+
+def _print_phantom_tables(console, results: dict) -> None:
+    from rich.table import Table
+
     h = results["herniation"]
     t = Table("", "accuracy", "sensitivity", "specificity", "precision", "TP", "TN", "FP", "FN",
               title=f"Herniation (Table 5), {results['phantoms']} phantoms, source: {results['source']}")
@@ -232,16 +253,6 @@ def print_findings(results: dict) -> None:
     console.print(f"stenosis grade accuracy {_f(s['grade_accuracy'])} over {s['n']} levels; dural sac area MAE "
                   f"{_f(s['area_mae_mm2'])} mm² ({_f(s['area_mape'])} relative); hernia direction accuracy "
                   f"{_f(h['direction_accuracy'])}")
-    t = Table("set", "levels named correctly", "accuracy", title="Level naming")
-    for st, r in results["levels"]["per_set"].items():
-        if r["total"]:
-            t.add_row(st, f"{r['correct']}/{r['total']}", _f(r["accuracy"]))
-    lv = results["levels"]
-    t.add_row("all", f"{lv['correct']}/{lv['total']}", _f(lv["accuracy"]))
-    console.print(t)
-    bad = [s for s in results["subjects"] if s["status"] != "ok"]
-    for s in bad:
-        console.print(f"[yellow]{s['set']}/{s['subject']}: {s['status']}: {'; '.join(s['problems'])}[/yellow]")
 
 
 def _f(x) -> str:
