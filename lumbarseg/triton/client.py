@@ -15,6 +15,7 @@ are not.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
@@ -47,7 +48,8 @@ def _reason(err: Exception) -> tuple[str, bool]:
 
 
 class TritonSegmenter:
-    """The repository's ``spine_pipeline`` behind one server URL; a context manager.
+    """The repository's ``spine_pipeline`` behind one server URL; a context manager. Safe to
+    share between threads (each thread gets its own connection).
 
     ``timeout``: seconds for one request (connect and answer); ``retries``: further attempts
     after a transient failure, waiting ``backoff`` s, then twice as long, and so on.
@@ -60,17 +62,28 @@ class TritonSegmenter:
         if self.protocol not in ("http", "grpc"):
             raise TritonError(f"{url}: unknown protocol {self.protocol!r} (use http:// or grpc://)")
         self.url = f"{self.protocol}://{address}"
+        self.address = address
         self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
         if self.protocol == "http":
             import tritonclient.http as module
-
-            self._client = module.InferenceServerClient(address, connection_timeout=timeout, network_timeout=timeout)
         else:
             import tritonclient.grpc as module
-
-            self._client = module.InferenceServerClient(address)
         self._module = module
+        self._local = threading.local()
         self._config: dict | None = None
+
+    @property
+    def _client(self):
+        """This thread's tritonclient (the HTTP one is gevent-based and must stay in its thread)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._module.InferenceServerClient(self.address, connection_timeout=self.timeout,
+                                                            network_timeout=self.timeout)
+            else:
+                client = self._module.InferenceServerClient(self.address)
+            self._local.client = client
+        return client
 
     def _call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
         for attempt in range(self.retries + 1):
@@ -156,7 +169,11 @@ class TritonSegmenter:
         return segment_series(series, self.spacing, lambda image: self.predict(image, with_planes))
 
     def close(self) -> None:
-        self._client.close()
+        """Close this thread's connection."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None
 
     def __enter__(self) -> "TritonSegmenter":
         return self
