@@ -59,7 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         return _fail(args, TritonError(f"tritonserver exited with code {server.process.returncode}"))
     except TritonError as err:
-        return _fail(args, err)
+        hint = "" if args.cpu else " (the GPU configs need Triton's onnxruntime backend and a GPU; the local " \
+                                   "tritonserver has the python backend only: try --cpu)"
+        return _fail(args, TritonError(f"{err}{hint}"))
     except KeyboardInterrupt:
         print("stopping Triton", flush=True)
         return 0
