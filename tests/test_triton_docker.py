@@ -48,7 +48,9 @@ def test_the_app_reaches_triton_on_the_port_triton_serves():
     assert ports == {"http": 8010, "grpc": 8011, "metrics": 8012}
     published = {int(p.split(":")[1]) for p in services["services"]["triton"]["ports"]}
     assert set(ports.values()) <= published
-    assert services["services"]["app"]["environment"]["LUMBARSEG_TRITON_URL"] == f"grpc://triton:{ports['grpc']}"
+    app = services["services"]["app"]["command"]
+    conf = {app[i + 1]: app[i + 2] for i, a in enumerate(app) if a == "--conf"}
+    assert conf == {"backend": "triton", "triton_url": f"grpc://triton:{ports['grpc']}"}
     assert 8000 not in published  # MONAI Label's port stays the app's
     assert "8000:8000" in services["services"]["app"]["ports"]
 
