@@ -25,7 +25,7 @@ from lumbarseg import phantom, pipeline, planes, tissues
 from lumbarseg.networks.fusion import fusion_net
 from lumbarseg.networks.plane_net import plane_net
 from lumbarseg.triton.client import TritonSegmenter
-from lumbarseg.triton.export import NETWORK_MODELS, TEMPLATE, read_config
+from lumbarseg.triton.export import MODELS, NETWORK_MODELS, TEMPLATE, next_version, read_config
 from lumbarseg.triton.server import TritonError
 
 LUMBARSEG = str(Path(sys.executable).parent / "lumbarseg")
@@ -172,6 +172,20 @@ def test_a_model_that_is_not_loaded_is_a_clear_error(served, study):
     finally:
         admin.load_model("plane_axial")
     assert admin.is_model_ready("plane_axial")
+
+
+def test_a_new_version_is_loaded_without_a_restart(served, exported):
+    repository, _ = exported
+    assert next_version(repository) == 2
+    for model in MODELS:  # what `export --version 2` writes, without exporting again
+        shutil.copytree(repository / model / "1", repository / model / "2")
+    admin = http.InferenceServerClient(served["http"].removeprefix("http://"))
+    with TritonSegmenter(served["http"]) as client:
+        client.reload(MODELS)
+        assert {m["name"]: m["version"] for m in admin.get_model_repository_index() if m.get("state") == "READY"} \
+            == {m: "2" for m in MODELS}
+        out = client.infer(np.random.default_rng(1).random((3, 9, 10, 11), dtype=np.float32), ["CLASSES"])
+    assert out["CLASSES"].shape == (9, 10, 11)
 
 
 def test_cli_infer_on_triton_writes_a_level_named_label_map(served, study, tmp_path):

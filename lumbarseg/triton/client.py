@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -122,6 +122,14 @@ class TritonSegmenter:
         state = entry.get("state") or "UNAVAILABLE"
         raise TritonError(f"{self.url}: model {model!r} is not ready ({state}"
                           + (f": {entry['reason']})" if entry.get("reason") else ")"))
+
+    def reload(self, models: Sequence[str]) -> None:
+        """(Re)load ``models`` in order through the repository API (explicit model control): each
+        serves its newest version once loaded, and the old version answers until then."""
+        for model in models:
+            self._call(f"loading {model}", self._client.load_model, model)
+            self.require_ready(model)
+        self._config = None  # the pipeline's parameters (spacing) may have changed
 
     # -- the pipeline model -----------------------------------------------------------------
 

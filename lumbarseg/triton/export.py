@@ -194,6 +194,18 @@ class ExportReport:
     files: dict[str, Path]  # model -> its model.onnx
     max_difference: dict[str, float]  # model -> max |torch - onnxruntime| on the phantom checks
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the export touched, in load order (the pipeline last: it calls the others)."""
+        return MODELS
+
+
+def next_version(repository: str | Path) -> int:
+    """One above the highest version folder holding a network's ``model.onnx`` (1 if none)."""
+    versions = [int(p.parent.name) for m in NETWORK_MODELS for p in Path(repository, m).glob(f"*/{ONNX_FILE}")
+                if p.parent.name.isdigit()]
+    return max(versions, default=0) + 1
+
 
 def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int = 1) -> ExportReport:
     """Export ``weights`` (a :class:`lumbarseg.pipeline.Segmenter` folder) into ``repository``.
