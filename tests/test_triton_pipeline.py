@@ -28,6 +28,8 @@ from lumbarseg.triton.client import TritonSegmenter
 from lumbarseg.triton.export import MODELS, NETWORK_MODELS, TEMPLATE, next_version, read_config
 from lumbarseg.triton.server import TritonError
 
+pytestmark = pytest.mark.slow  # an export and a server start: about 2.5 minutes on 2 cores
+
 LUMBARSEG = str(Path(sys.executable).parent / "lumbarseg")
 SPACING = 3.0  # a coarse model grid keeps the untrained networks cheap on a shared CPU
 PARITY = 0.999  # share of voxels with identical classes, Triton vs in-process
