@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from lumbarseg import postprocess, tissues
+from lumbarseg import disagreement, postprocess, tissues
 from lumbarseg.io.study import Study
 
 SCHEMA = "lumbarseg.findings/1"
@@ -432,14 +432,8 @@ def _centre_section(f: LevelFindings) -> Section | None:
 
 
 def _disagreement(plane_classes: dict[str, np.ndarray], region: np.ndarray | None = None) -> float | None:
-    """Fraction of voxels (within ``region``) some plane calls tissue on which the planes differ."""
-    stack = np.stack(list(plane_classes.values()))
-    if region is not None:
-        stack = stack[:, region]
-    tissue = (stack > 0).any(axis=0)
-    if not tissue.any():
-        return None
-    return round(float((stack != stack[:1]).any(axis=0)[tissue].mean()), 4)
+    value = disagreement.class_rate(plane_classes, region)
+    return None if value is None else round(value, 4)
 
 
 def _box(mask: np.ndarray, pad: int = 2) -> np.ndarray:

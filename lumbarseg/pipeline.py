@@ -74,9 +74,9 @@ class Segmenter:
         models = {}
         for plane in planes.PLANES:
             models[plane] = plane_net(preset=info["preset"], num_classes=k)
-            models[plane].load_state_dict(_load_state(folder / f"{plane}.pt"))
+            models[plane].load_state_dict(load_state(folder / f"{plane}.pt"))
         fusion = fusion_net(num_classes=k, **info.get("fusion", {}))
-        fusion.load_state_dict(_load_state(folder / "fusion.pt"))
+        fusion.load_state_dict(load_state(folder / "fusion.pt"))
         return cls(models, fusion, float(info["spacing_mm"]), info)
 
     def plane_probabilities(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,7 +111,7 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused)
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
+def load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise StudyError(path, "weights file missing")
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -100,10 +100,11 @@ def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datas
     return volume
 
 
-def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path) -> dict[str, list[datasets.TrainingVolume]]:
+def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
+                    split: dict | None = None) -> dict[str, list[datasets.TrainingVolume]]:
     """Training and fusion volumes from data folders plus phantoms; holdout subjects are skipped."""
     cache.mkdir(parents=True, exist_ok=True)
-    split = load_split()
+    split = load_split() if split is None else split
     out: dict[str, list[datasets.TrainingVolume]] = {"train": [], "fusion": []}
     entries = [e for d in data_dirs for e in manifest.read_manifest(d)]
     for entry in tqdm(entries, desc="preparing studies", unit="study"):
@@ -242,10 +243,22 @@ def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr:
     return history
 
 
+def _network(name: str, preset: TrainingPreset, init: Path | None) -> torch.nn.Module:
+    """A plane network or the fusion, seeded (initial weights and dropout), or starting from
+    the weights folder ``init`` (fine-tuning)."""
+    torch.manual_seed(preset.seed + (*planes.PLANES, "fusion").index(name))
+    if name == "fusion":
+        model = fusion_net(num_classes=tissues.NUM_TISSUES)
+    else:
+        model = plane_net(preset=preset.model, num_classes=tissues.NUM_TISSUES)
+    if init is not None:
+        model.load_state_dict(pipeline.load_state(Path(init) / f"{name}.pt"))
+    return model
+
+
 def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], preset: TrainingPreset,
-                out: Path) -> tuple[torch.nn.Module, list[dict]]:
-    torch.manual_seed(preset.seed + planes.PLANES.index(plane))  # initial weights and dropout
-    model = plane_net(preset=preset.model, num_classes=tissues.NUM_TISSUES)
+                out: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    model = _network(plane, preset, init)
 
     def loader(epoch: int) -> DataLoader:
         return DataLoader(SliceDataset(volumes["train"], plane, preset, epoch), batch_size=preset.batch_size)
@@ -285,15 +298,17 @@ class PatchDataset(Dataset):
 
 
 def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
-                 preset: TrainingPreset, out: Path) -> tuple[torch.nn.Module, list[dict]]:
+                 preset: TrainingPreset, out: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """The fusion learns on the plane networks' predictions of subjects they never trained on."""
+    if not volumes:
+        raise StudyError(out, "no fusion-group studies: the fusion learns on out-of-fold predictions, so it needs "
+                              "subjects the plane networks do not train on")
     k = tissues.NUM_TISSUES
     inputs = []
     for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
         probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
         inputs.append(planes.fusion_input(probs, volume.shape, k).astype(np.float16))
-    torch.manual_seed(preset.seed + len(planes.PLANES))
-    model = fusion_net(num_classes=k)
+    model = _network("fusion", preset, init)
     f = preset.fusion
 
     def loader(epoch: int) -> DataLoader:
@@ -335,23 +350,40 @@ def plot_history(histories: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def train(preset: TrainingPreset, data_dirs: list[Path], out: Path) -> Path:
-    """Train everything and write the weights folder ``out/model``; returns its path."""
+def train(preset: TrainingPreset, data_dirs: list[Path], out: Path, *, init: Path | None = None,
+          networks: tuple[str, ...] = (*planes.PLANES, "fusion"), split: dict | None = None) -> Path:
+    """Train and write the weights folder ``out/model``; returns its path.
+
+    ``networks``: which of the three planes and ``fusion`` to train; the others are taken from
+    ``init`` (a weights folder), which every trained network also starts from when given
+    (fine-tuning). ``split``: subject groups per set, as in ``configs/data/split.json``."""
+    unknown = set(networks) - {*planes.PLANES, "fusion"}
+    if unknown or not networks:
+        raise StudyError(out, f"cannot train {sorted(unknown) or 'nothing'}; networks are {(*planes.PLANES, 'fusion')}")
+    if init is None and set(networks) != {*planes.PLANES, "fusion"}:
+        raise StudyError(out, "training only some networks needs a weights folder (init) for the others")
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     began = time.perf_counter()
-    volumes = collect_volumes(data_dirs, preset, out / "cache")
+    volumes = collect_volumes(data_dirs, preset, out / "cache", split)
     log.info("training on %d volumes, fusion on %d (sets: %s)", len(volumes["train"]), len(volumes["fusion"]),
              ", ".join(f"{s}={len(v)}" for s, v in _by_set(volumes["train"]).items()))
     histories = {}
     plane_models = {}
     for plane in planes.PLANES:
-        plane_models[plane], histories[plane] = train_plane(plane, volumes, preset, out)
-    fusion, histories["fusion"] = train_fusion(plane_models, volumes["fusion"], preset, out)
+        if plane in networks:
+            plane_models[plane], histories[plane] = train_plane(plane, volumes, preset, out, init)
+        else:
+            plane_models[plane] = _network(plane, preset, init)
+    if "fusion" in networks:
+        fusion, histories["fusion"] = train_fusion(plane_models, volumes["fusion"], preset, out, init)
+    else:
+        fusion = _network("fusion", preset, init)
     minutes = (time.perf_counter() - began) / 60
     info = {
         "preset": preset.model, "spacing_mm": preset.spacing_mm, "training": asdict(preset),
-        "data": [str(d) for d in data_dirs], "split": str(SPLIT.relative_to(REPO)),
+        "data": [str(d) for d in data_dirs], "split": str(SPLIT.relative_to(REPO)) if split is None else split,
+        "initial_weights": None if init is None else str(init),
         "history": histories, "wall_minutes_this_run": round(minutes, 1),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
     }

@@ -19,3 +19,28 @@ def shared_data() -> Path:
             pytest.fail(f"CI needs the shared data at {path}")
         pytest.skip(f"no shared data at {path}")
     return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def untrained_weights(folder: Path, spacing: float) -> Path:
+    """A weights folder of randomly initialised lite networks (seeded): servers and exports can
+    be tested without trained weights; ``spacing`` (mm) sets the model grid, coarse is cheap."""
+    import torch
+
+    from lumbarseg import pipeline, planes, tissues
+    from lumbarseg.networks.fusion import fusion_net
+    from lumbarseg.networks.plane_net import plane_net
+
+    torch.manual_seed(0)
+    k = tissues.NUM_TISSUES
+    pipeline.save_model(Path(folder), {p: plane_net(preset="lite", num_classes=k) for p in planes.PLANES},
+                        fusion_net(num_classes=k), {"preset": "lite", "spacing_mm": spacing})
+    return Path(folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -103,6 +104,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _relative(path: str | Path, folder: Path) -> str:
+    # abspath, not resolve: a study may be a symbolic link into another store (not followed)
+    return Path(os.path.abspath(path)).relative_to(os.path.abspath(folder)).as_posix()
+
+
 def write_manifest(folder: str | Path, entries: Iterable[ManifestEntry]) -> Path:
     """Write ``manifest.csv`` for studies stored below ``folder``; shape, spacing and checksums
     are read from the files so they cannot disagree with them."""
@@ -117,8 +123,8 @@ def write_manifest(folder: str | Path, entries: Iterable[ManifestEntry]) -> Path
             writer.writerow([
                 e.set,
                 e.subject,
-                Path(e.image).resolve().relative_to(folder.resolve()).as_posix(),
-                Path(e.label).resolve().relative_to(folder.resolve()).as_posix() if e.label else "",
+                _relative(e.image, folder),
+                _relative(e.label, folder) if e.label else "",
                 ";".join(e.modalities),
                 tissues.format_structures(e.structures),
                 "x".join(str(n) for n in header.get_data_shape()[:3]),

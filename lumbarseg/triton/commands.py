@@ -7,9 +7,9 @@ import argparse
 import signal
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
+from lumbarseg.io.study import StudyError
 from lumbarseg.triton.server import TritonError
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -83,45 +83,56 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if health["ready"] and all(s == "READY" for s in health["models"].values()) else 1
 
 
-def _label_name(path: str) -> str:
+def _study_name(path: str) -> str:
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
         name = name.removesuffix(suffix)
-    return f"{name}_label.nii.gz"
+    return name
+
+
+def _targets(studies: list[str], out: Path, suffix: str) -> list[Path]:
+    """One output per study: ``out`` itself for one study, else ``out/<study name><suffix>``."""
+    if len(studies) == 1 and not out.is_dir():
+        return [out]
+    names = [_study_name(s) + suffix for s in studies]
+    if len(set(names)) < len(names):
+        raise ValueError("two studies would write the same output file; give them distinct names")
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / n for n in names]
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from lumbarseg import io, postprocess
+    import json
 
-    out = Path(args.out)
-    if len(args.studies) > 1 or out.is_dir():
-        names = [_label_name(s) for s in args.studies]
-        if len(set(names)) < len(names):
-            return _fail(args, ValueError("two studies would write the same label file; give them distinct names"))
-        out.mkdir(parents=True, exist_ok=True)
-        targets = [out / n for n in names]
-    else:
-        targets = [out]
+    from lumbarseg import io
+    from lumbarseg.analysis import analyse
+
+    try:
+        targets = _targets(args.studies, Path(args.out), "_label.nii.gz")
+        reports = _targets(args.studies, Path(args.report), "_report.json") if args.report else [None] * len(targets)
+    except ValueError as err:
+        return _fail(args, err)
     try:
         if args.backend == "triton":
             from lumbarseg.triton.client import TritonSegmenter
 
             backend = TritonSegmenter(args.triton_url, timeout=args.timeout)
             backend.require_ready()
-            segment = partial(backend.segment, with_planes=False)  # labels only: no per-plane transfer
+            segment = backend.segment  # with the planes: the report's plane disagreement needs them
         else:
             from lumbarseg.pipeline import Segmenter
 
             segment = Segmenter.load(args.weights).segment
-        for path, target in zip(args.studies, targets):
-            series = io.load_study(path).primary
-            classes = postprocess.remove_small_objects(segment(series).classes, series.affine)
-            levels = postprocess.name_levels(classes, series.affine)
-            io.save_label(postprocess.study_label_map(classes, levels), series.affine, target)
-            named = [d.name for d in levels.discs if d.name]
-            print(f"{path} -> {target}  discs {', '.join(named) or 'none'} (anchor {levels.anchor}, "
-                  f"confidence {levels.confidence})", flush=True)
-    except TritonError as err:
+        for path, target, report in zip(args.studies, targets, reports):
+            result = analyse(io.load_study(path), segment)
+            io.save_label(result.label, result.affine, target)
+            if report is not None:
+                report.write_text(json.dumps(result.report, indent=1))
+            naming = result.report["naming"] or {}
+            named = [lv["level"] for lv in result.report["levels"] if lv["level"]]
+            print(f"{path} -> {target}  discs {', '.join(named) or 'none'} (anchor {naming.get('anchor')}, "
+                  f"confidence {naming.get('confidence')})", flush=True)
+    except (TritonError, StudyError) as err:
         return _fail(args, err)
     return 0
 
@@ -167,5 +178,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="local: PyTorch in this process (--weights); triton: a server's spine_pipeline (--triton-url)")
     p.add_argument("--weights", default=str(WEIGHTS), help=f"weights folder for --backend local (default {WEIGHTS})")
     p.add_argument("--triton-url", default="http://127.0.0.1:8010", help="http://HOST:PORT or grpc://HOST:PORT")
+    p.add_argument("--report", help="findings report JSON for one study; a folder (STUDY name + _report.json) "
+                                    "for several")
     p.add_argument("--timeout", type=float, default=300, help="seconds per Triton request (default 300)")
     p.set_defaults(run=_infer)

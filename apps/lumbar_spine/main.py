@@ -1,0 +1,85 @@
+"""The lumbar spine MONAI Label app: auto-segmentation for OHIF and 3D Slicer, retraining, and
+active learning by plane disagreement.
+
+    monailabel start_server --app apps/lumbar_spine --studies STUDIES \
+        [--conf backend local|triton] [--conf triton_url http://127.0.0.1:8010] \
+        [--conf triton_repository model_repository]
+
+Models (infer and train tasks): ``lumbar_spine`` (the fused ensemble, the default),
+``sagittal``, ``coronal``, ``axial``. Strategies: ``disagreement`` (ours), ``random`` and
+``epistemic`` (MONAI Label's). Scoring: ``plane_disagreement``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import monailabel
+from fastapi import HTTPException
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.tasks.activelearning.random import Random
+
+from lumbarseg import planes
+from lumbarseg.triton.client import DEFAULT_URL
+
+from lib.backend import ServedModel
+from lib.configs.lumbar_spine import LumbarSpineConfig, PlaneConfig
+from lib.datastore import CheckedLocalDatastore
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "lumbar_spine"
+
+
+class LumbarSpineApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict):
+        self.model_dir = os.path.join(app_dir, "model")
+        repository = conf.get("triton_repository")
+        self.served = ServedModel(Path(self.model_dir) / DEFAULT_MODEL, backend=conf.get("backend", "local"),
+                                  triton_url=conf.get("triton_url", DEFAULT_URL),
+                                  triton_repository=Path(repository) if repository else None,
+                                  timeout=float(conf.get("triton_timeout", 300)))
+        self.models = {DEFAULT_MODEL: LumbarSpineConfig(), **{p: PlaneConfig(p) for p in planes.PLANES}}
+        for name, config in self.models.items():
+            config.init(name, self.model_dir, conf, None, model=self.served)
+        log.info("lumbar spine app: %s backend, model version %s", self.served.backend, self.served.version)
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="Lumbar spine MRI (lumbarseg)",
+                         description="Discs, vertebral bodies, dural sac, posterior elements and hernias; levels "
+                                     "named from anatomy; findings report per level",
+                         version=monailabel.__version__)
+
+    def init_infers(self) -> dict:
+        return {name: config.infer() for name, config in self.models.items()}
+
+    def init_trainers(self) -> dict:
+        return {name: config.trainer() for name, config in self.models.items()}
+
+    def init_strategies(self) -> dict:
+        return {**self.models[DEFAULT_MODEL].strategy(), "random": Random(), "epistemic": Epistemic()}
+
+    def init_scoring_methods(self) -> dict:
+        return self.models[DEFAULT_MODEL].scoring_method()
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()  # DICOMweb: labels become DICOM-SEG through dcmqi
+        return CheckedLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                     auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def infer(self, request: dict, datastore=None) -> dict:
+        """Only images of the datastore, or files the client uploaded with the request (which
+        MONAI Label puts in the temp folder): an id naming anything else on the server, such as
+        ``../../etc/passwd``, is an unknown image (404), not a path to read."""
+        image = request.get("image")
+        if isinstance(image, str):
+            uploaded = Path(image).parent == Path(tempfile.gettempdir()) and Path(image).is_file()
+            known = image in (datastore or self.datastore()).list_images()
+            if not (uploaded or known):
+                raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+        return super().infer(request, datastore)
+

@@ -1,0 +1,45 @@
+"""One study through a segmenter to what a user gets back: a label map and the findings report.
+
+Every front door (``lumbarseg infer``, the MONAI Label app's infer tasks) calls :func:`analyse`,
+so post-processing, level naming and the report are the same whichever backend ran the
+networks (:class:`lumbarseg.pipeline.Segmenter` in process, or
+:class:`lumbarseg.triton.client.TritonSegmenter`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from lumbarseg import measure, planes, postprocess
+from lumbarseg.io.study import Series, Study
+from lumbarseg.pipeline import Segmentation
+
+
+@dataclass
+class Analysis:
+    label: np.ndarray  # (I, J, K) uint8 study label values (lumbarseg.tissues.STUDY_LABELS), primary series grid
+    affine: np.ndarray  # 4x4 of the primary series
+    report: dict  # lumbarseg.measure.study_report
+    segmentation: Segmentation
+
+
+def analyse(study: Study, segment: Callable[[Series], Segmentation], *, plane: str | None = None) -> Analysis:
+    """Segment the study's primary series and turn the result into named levels and findings.
+
+    ``plane``: one of :data:`lumbarseg.planes.PLANES` to return that plane network's own
+    answer instead of the fused one (the report then measures that answer too)."""
+    if plane is not None and plane not in planes.PLANES:
+        raise ValueError(f"unknown plane {plane!r}; expected one of {planes.PLANES}")
+    series = study.primary
+    segmentation = segment(series)
+    classes = segmentation.classes if plane is None else segmentation.plane_classes[plane]
+    classes = postprocess.remove_small_objects(classes, series.affine)
+    levels = postprocess.name_levels(classes, series.affine)
+    label = postprocess.study_label_map(classes, levels)
+    single = Study([series], study.structures, study.subject, study.set, study.source)
+    report = measure.study_report(single, [classes], plane_classes=[segmentation.plane_classes or None],
+                                  source="model" if plane is None else f"model:{plane}")
+    return Analysis(label, series.affine, report, segmentation)
