@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lumbarseg import cli, phantom, tissues
+from lumbarseg import cli, io, phantom, tissues
+from lumbarseg.evaluation import evaluate
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
 from lumbarseg.training import TrainingPreset, train
@@ -73,3 +74,15 @@ def test_bad_training_input_names_the_file(tmp_path):
         train(TrainingPreset.load("smoke"), [tmp_path], tmp_path / "run")
     with pytest.raises(StudyError, match="no such training preset"):
         TrainingPreset.load("nonexistent")
+
+
+def test_bad_evaluation_input_names_the_file(trained, tmp_path):
+    _, model = trained
+    with pytest.raises(StudyError, match="no manifest.csv"):
+        evaluate(model, tmp_path)
+    study = phantom.generate(41, modalities=("t2w",))
+    io.save_image(study.primary, tmp_path / "img.nii.gz")
+    io.save_label(np.zeros((4, 5, 6), np.uint8), np.eye(4), tmp_path / "lab.nii.gz")
+    (tmp_path / "manifest.csv").write_text("set,subject,image,label,modality,structures\nx,1,img.nii.gz,lab.nii.gz,t2w,1=disc\n")
+    with pytest.raises(StudyError, match="lab.nii.gz: .*does not match"):
+        evaluate(model, tmp_path)
