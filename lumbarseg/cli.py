@@ -116,6 +116,42 @@ def _evaluate_findings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _al_simulate(args: argparse.Namespace) -> int:
+    import logging
+
+    from lumbarseg import active_learning as al
+
+    if args.compare:
+        if not args.plot:
+            args.parser.error("--compare needs --plot PNG")
+        al.plot_curves([al.load_curve(Path(p)) for p in args.compare], Path(args.plot))
+        print(f"wrote {args.plot}")
+        return 0
+    missing = [f"--{n.replace('_', '-')}" for n in ("data", "strategy", "rounds", "per_round", "out")
+               if getattr(args, n) is None]
+    if missing:
+        args.parser.error(f"a simulation needs {', '.join(missing)} (or use --compare CURVE... --plot PNG)")
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.parent / "al_runs"
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(work / "al.log")])
+    split = None
+    if args.split:
+        from lumbarseg.training import load_split
+
+        split = load_split(Path(args.split))
+    try:
+        curve = al.simulate([Path(d) for d in args.data], args.strategy, args.rounds, args.per_round, work,
+                            initial=args.initial, preset=args.preset, seed=args.seed, mc_samples=args.mc_samples,
+                            init_weights=Path(args.init_weights) if args.init_weights else None, split=split)
+    except al.ActiveLearningError as err:
+        args.parser.error(str(err))
+    al.save_curve(curve, out)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumbarseg", description="Lumbar spine MRI segmentation: studies, models, serving."
@@ -172,9 +208,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="also write each study's findings report JSON into this folder")
     p.set_defaults(run=_evaluate_findings)
 
+    p = sub.add_parser("al-simulate", help="simulate active learning: holdout Dice against labelled studies per strategy",
+                       description="Start from a few labelled pool studies (the split's train+fusion groups); each "
+                                   "round score the unlabelled pool with the current model, label the best K by the "
+                                   "strategy, fine-tune on all labelled studies (preset al_round) and evaluate on the "
+                                   "split's holdout. Writes the curve JSON and a PNG beside it. With --compare, plot "
+                                   "curves side by side instead.")
+    p.add_argument("--data", nargs="+", help="data folders with a manifest.csv")
+    p.add_argument("--strategy", choices=("disagreement", "random", "epistemic"),
+                   help="disagreement: plane disagreement (lumbarseg.disagreement), highest first; random: seeded "
+                        "draw; epistemic: MC-dropout entropy of the fused probabilities")
+    p.add_argument("--rounds", type=int, help="rounds after the initial model")
+    p.add_argument("--per-round", type=int, help="studies labelled per round (K)")
+    p.add_argument("--out", help="curve JSON (the PNG goes beside it)")
+    p.add_argument("--initial", type=int, default=3, help="labelled studies at the start, a seeded draw (default 3)")
+    p.add_argument("--preset", default="al_round", help="training preset of every round (default al_round)")
+    p.add_argument("--init-weights", help="weights folder the initial model fine-tunes (default: train from scratch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial draw, random picks and MC dropout")
+    p.add_argument("--mc-samples", type=int, default=8, help="MC-dropout samples per study for epistemic (default 8)")
+    p.add_argument("--split", help="subject split JSON (default configs/data/split.json); its holdout group is "
+                                   "evaluated, never picked")
+    p.add_argument("--work", help="folder of the round models (default: al_runs beside OUT); simulations sharing it "
+                                  "share their identical first round, so run them one after another")
+    p.add_argument("--compare", nargs="+", metavar="CURVE", help="curve JSONs to plot side by side (with --plot)")
+    p.add_argument("--plot", help="PNG for --compare")
+    p.set_defaults(run=_al_simulate, parser=p)
+
     from lumbarseg.triton.commands import add_commands as add_serving_commands  # export, triton, infer
 
     add_serving_commands(sub)
+    from lumbarseg.viewer import add_commands as add_viewer_commands  # orthanc serve|upload, viewer
+
+    add_viewer_commands(sub)
     return parser
 
 
