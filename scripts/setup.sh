@@ -4,6 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The viewer stack (Orthanc + its DICOMweb plugin + headless Chromium) comes from Debian; installed
+# when missing and we are root (or have sudo). Otherwise the viewer tests skip, except in CI.
+VIEWER_PACKAGES="orthanc orthanc-dicomweb chromium"
+if command -v dpkg >/dev/null && ! dpkg -s $VIEWER_PACKAGES >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
+  if [ "$SUDO" = none ]; then
+    echo "setup: $VIEWER_PACKAGES not installed and no root: the viewer tests will skip (apt-get install them)" >&2
+  else
+    echo "setup: installing $VIEWER_PACKAGES (Debian packages for the viewer stack)" >&2
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 &&
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $VIEWER_PACKAGES >&2 ||
+      echo "setup: apt-get install $VIEWER_PACKAGES failed: the viewer tests will skip (fail in CI)" >&2
+  fi
+fi
+
 PYTHON=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/pip"
