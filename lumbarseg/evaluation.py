@@ -8,6 +8,7 @@ subjects only (unless ``all_subjects``); sets the split does not know are evalua
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def print_results(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # whole tables in logs and pipes
     classes = sorted({c for m in MODELS for c in results["summary"][m]})
     table = Table("model", *classes, title=f"mean Dice, {results['subjects_evaluated']} studies")
     for m in MODELS:
