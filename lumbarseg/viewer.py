@@ -410,6 +410,9 @@ def _viewer(args: argparse.Namespace) -> int:
         if not studies:
             print(f"OHIF: {server.ohif_url()} (Orthanc holds no MR study yet: lumbarseg orthanc upload DIR "
                   f"--url {orthanc.url})")
+        if args.port != MONAILABEL_PORT:
+            print(f"(OHIF's MONAI Label panel assumes port {MONAILABEL_PORT}: enter {server.url}/ in its Server field "
+                  "and press the connect button)")
         print("Ctrl-C stops both", flush=True)
         return _wait_until_stopped(orthanc.process, server.process)
     except ViewerError as err:
