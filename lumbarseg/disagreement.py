@@ -9,13 +9,13 @@ Two definitions, both on the planes' outputs for one study:
 
 ``class_rate`` is the one served (:data:`DEFINITION`), chosen by
 ``scripts/disagreement_experiment.py`` on the 16 labelled studies of the split's ``fusion``
-group of ``../shared/data`` (the plane networks never trained on them, the fusion did; never ``holdout``),
-with ``weights/lite``: Spearman correlation with the ensemble's error (1 - mean Dice over the
-annotated classes) is +0.30 (p = 0.26) for ``class_rate`` and +0.04 (p = 0.89) for
-``js_divergence``. ``class_rate`` also leads within sets: +0.83 vs +0.71 on 6 Dixon
-vertebra studies, -0.21 vs -0.82 on 7 IVDM3Seg disc crops (sets with at least 4 studies).
-The evidence is weak (16 studies, errors 0.08-0.17, no correlation significant overall);
-figures and scatter plot: ``docs/al_disagreement_experiment.{json,png}``.
+group of ``../shared/data`` (the plane networks never trained on them, the fusion did; never
+``holdout``), with ``weights/lite``: Spearman correlation with the ensemble's error (1 - mean
+Dice over the annotated classes) is +0.30 (p = 0.26) for ``class_rate`` and +0.04 (p = 0.89)
+for ``js_divergence``. ``class_rate`` also leads within sets: +0.83 vs +0.71 on 6 Dixon
+vertebra studies, -0.21 vs -0.82 on 7 IVDM3Seg disc crops (sets with at least 4 studies). The
+evidence is weak (16 studies, errors 0.08-0.17, no correlation significant overall); figures
+and scatter plot: ``docs/al_disagreement_experiment.{json,png}``.
 """
 
 from __future__ import annotations
