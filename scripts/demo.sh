@@ -1,9 +1,35 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: set up, write three synthetic lumbar spine studies (NIfTI
-# and the clinical DICOM layout), load them back and print what each holds.
+# The main job on an embedded default: set up, write sample lumbar spine studies (phantoms),
+# export the shipped weights to the Triton repository, start Triton (CPU configs) on loopback,
+# segment one study through Triton and print its findings, then serve the MONAI Label app on
+# Triton for OHIF (studies in Orthanc over DICOMweb) and 3D Slicer until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 out=${1:-runs/demo}
-.venv/bin/lumbarseg phantoms --out "$out" --count 3 --seed 7 --dicom
-.venv/bin/lumbarseg inspect "$out"/dicom/*
+bin=.venv/bin
+export PATH="$PWD/$bin:$PATH" MONAI_LABEL_TRACKING_ENABLED=false
+
+$bin/lumbarseg phantoms --out "$out" --count 3 --seed 7 --modalities t2w,t1w
+[ -f model_repository/spine_pipeline/configs/cpu.pbtxt ] && [ -f model_repository/fusion/1/model.onnx ] ||
+  $bin/lumbarseg export --weights weights/lite
+
+$bin/lumbarseg triton serve --cpu --log "$out/triton.log" &
+triton=$!
+trap 'kill $triton 2>/dev/null; wait $triton 2>/dev/null' EXIT
+for _ in $(seq 120); do $bin/lumbarseg triton health >/dev/null 2>&1 && break; sleep 1; done
+$bin/lumbarseg triton health
+
+study=$(ls "$out"/*_image.nii.gz | head -n 1)
+$bin/lumbarseg infer "$study" --backend triton --out "$out/demo_label.nii.gz" --report "$out/demo_report.json"
+$bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"])' "$out/demo_report.json"
+
+conf=(--conf backend triton --conf triton_url http://127.0.0.1:8010 --conf triton_repository "$PWD/model_repository")
+if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then
+  # Orthanc holds the phantoms as clinical DICOM; OHIF: the URLs printed below.
+  $bin/lumbarseg viewer --phantoms 2 --seed 7 --weights weights/lite "${conf[@]}"
+else
+  echo "demo: Orthanc is not installed (apt-get install orthanc orthanc-dicomweb): serving $out as a local datastore" >&2
+  mkdir -p "$out/studies" && cp "$out"/*_image.nii.gz "$out/studies/"
+  monailabel start_server --app apps/lumbar_spine --studies "$out/studies" --host 127.0.0.1 --port 8000 "${conf[@]}"
+fi

@@ -7,10 +7,6 @@ tests check behaviour, not segmentation quality."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -24,64 +20,10 @@ from monailabel.client import MONAILabelClient
 
 from lumbarseg import io, phantom, tissues
 
-from conftest import REPO, free_port, untrained_weights
+from conftest import free_port, untrained_weights
+from servers import Server
 
-APP = REPO / "apps" / "lumbar_spine"
-MONAILABEL = str(Path(sys.executable).parent / "monailabel")
 MODELS = {"lumbar_spine", "sagittal", "coronal", "axial"}
-
-
-class Server:
-    """``monailabel start_server`` for a copy of the app; stopped at the end."""
-
-    def __init__(self, root: Path, studies: Path, conf: dict[str, str], weights: Path):
-        self.app = root / "app"
-        shutil.copytree(APP, self.app, ignore=shutil.ignore_patterns("model", "__pycache__"))
-        shutil.copytree(weights, self.app / "model" / "lumbar_spine")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root / "server.log"
-        args = [MONAILABEL, "start_server", "--app", str(self.app), "--studies", str(studies),
-                "--host", "127.0.0.1", "--port", str(self.port)]
-        for key, value in conf.items():
-            args += ["--conf", key, value]
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-               "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(args, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if self.get("/info/")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(1)
-        self.stop()
-        raise AssertionError(f"server not up: {self.log.read_text()[-3000:]}")
-
-    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 600) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def get(self, path: str) -> tuple[int, dict]:
-        status, body = self.request("GET", path, timeout=10)
-        return status, json.loads(body)
-
-    def post(self, path: str, params: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
-        status, body = self.request("POST", path, json.dumps(params).encode() if params else b"", timeout)
-        return status, json.loads(body or b"{}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,9 @@ def save_image(series: Series, path: str | Path) -> Path:
 def save_label(label: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     dtype = np.uint8 if label.max(initial=0) <= 255 else np.uint16
-    nib.save(nib.Nifti1Image(label.astype(dtype), affine, _header(affine)), str(path))
+    header = _header(affine)
+    header.set_data_dtype(dtype)  # else the header's float32 wins over the array's integer type
+    nib.save(nib.Nifti1Image(label.astype(dtype), affine, header), str(path))
     return path
 
 
