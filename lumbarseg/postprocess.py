@@ -7,8 +7,9 @@ every name and lost the top disc. Here levels come from anatomy, in patient spac
    (``configs/postprocess.json``) are removed;
 2. disc and body centroids are ordered along the spine's main axis (a line fitted through
    them, pointing superior), so lordosis and oblique acquisitions do not matter;
-3. the anchor is the sacrum when one is visible: the lowest disc above its top is L5-S1, and
-   "discs" inside the sacrum are dropped. Without a sacrum the lowest disc is taken as L5-S1
+3. the anchor is the sacrum when one is visible (and no longer than an adult sacrum,
+   ``max_sacrum_length_mm``): the lowest disc above its top is L5-S1, and "discs" inside the
+   sacrum are dropped. Without a sacrum the lowest disc is taken as L5-S1
    (the lowest body as L5), with lower confidence;
 4. names go up from the anchor, skipping a level where the gap to the next disc is about twice
    the usual spacing (a disc not found); discs above T11-T12 stay unnamed;
@@ -178,6 +179,13 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
     notes: list[str] = []
 
     anchor, confidence = "lowest disc", 0.6
+    longest = (config or load_config())["max_sacrum_length_mm"]
+    if sacrum is not None and np.ptp(_span(sacrum, affine, axis)) > longest:
+        # No sacrum is that long: a segmentation that calls much of the image "sacrum" must not
+        # swallow every disc as "inside the sacrum".
+        notes.append(f"a 'sacrum' {np.ptp(_span(sacrum, affine, axis)):.0f} mm long (more than {longest:g} mm) "
+                     "is not one: not used as the anchor")
+        sacrum = None
     if sacrum is not None:
         top = float(_span(sacrum, affine, axis).max())
         inside = [d for d in discs if d.position < top - 5.0]

@@ -104,3 +104,11 @@ def test_real_sets_are_named_correctly_from_their_ground_truth(shared_data):
             total += 1
             correct += truth == inst.name
     assert total > 300 and correct / total >= 0.98
+
+
+def test_a_sacrum_longer_than_any_real_one_is_not_the_anchor():
+    classes, affine, truth = column(discs_above_sacrum=7)
+    classes[:3] = SACRUM  # a "sacrum" the whole length of the spine, beside it
+    levels = postprocess.name_levels(classes, affine)
+    assert levels.anchor == "lowest disc" and names(levels) == truth
+    assert any("not used as the anchor" in note for note in levels.notes)
