@@ -203,3 +203,77 @@ def test_cli_infer_on_triton_writes_a_level_named_label_map(served, study, tmp_p
     label = np.asarray(nib.load(out).dataobj)
     assert label.shape == study.shape
     assert set(np.unique(label)) <= {0, *tissues.STUDY_LABELS}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_malformed_tensors_are_refused_by_the_server_which_stays_up(served, protocol):
+    """What a client other than ours may send: a tensor of the wrong rank or the wrong dtype
+    (TritonSegmenter casts to float32; raw tritonclient does not), or NaN."""
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    module = http if protocol == "http" else grpc
+    raw = module.InferenceServerClient(served[protocol].split("://")[1])
+
+    def send(array: np.ndarray, dtype: str) -> None:
+        tensor = module.InferInput("IMAGE", list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        raw.infer("spine_pipeline", [tensor], outputs=[module.InferRequestedOutput("CLASSES")])
+
+    cases = [
+        (np.zeros((3, 8, 8), np.float32), "FP32", r"shape for input 'IMAGE'.*Expected \[3,-1,-1,-1\]"),  # rank 3
+        (np.zeros((1, 3, 8, 8, 8), np.float32), "FP32", r"shape for input 'IMAGE'.*Expected \[3,-1,-1,-1\]"),  # rank 5
+        (np.zeros((3, 8, 8, 8), np.float64), "FP64", r"'IMAGE' data-type is 'FP64'.*expects 'FP32'"),
+        (np.zeros((3, 8, 8, 8), np.int32), "INT32", r"'IMAGE' data-type is 'INT32'.*expects 'FP32'"),
+        (np.full((3, 8, 8, 8), np.nan, np.float32), "FP32", r"NaN or infinite"),
+    ]
+    for array, dtype, reason in cases:
+        with pytest.raises(InferenceServerException, match=reason):
+            send(array, dtype)
+    assert raw.is_server_ready() and raw.is_model_ready("spine_pipeline")
+    send(np.random.default_rng(2).random((3, 8, 8, 8), dtype=np.float32), "FP32")  # still serving
+    raw.close()
+
+
+def test_a_server_killed_mid_request_is_a_clear_error_and_a_restart_serves_again(exported, monkeypatch, tmp_path):
+    """SIGKILL to tritonserver (and its python stubs) while a request is being computed: the
+    waiting client gets a TritonError within seconds, not a hang; the same client objects
+    work again once a server is back on the same ports."""
+    import threading
+
+    from lumbarseg.triton.server import TritonServer
+
+    repository, _ = exported
+    monkeypatch.setenv("LUMBARSEG_ORT_THREADS", "1")
+    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), config_name="cpu",
+                          log_path=tmp_path / "triton.log")
+    clients = {"http": TritonSegmenter(f"http://{server.url}", retries=0, timeout=120),
+               "grpc": TritonSegmenter(f"grpc://127.0.0.1:{server.grpc_port}", retries=0, timeout=120)}
+    big = np.random.default_rng(3).random((3, 48, 96, 96), dtype=np.float32)  # seconds of work on one thread
+    small = np.random.default_rng(4).random((3, 9, 10, 11), dtype=np.float32)
+
+    def kill_soon(process, delay: float) -> threading.Timer:
+        timer = threading.Timer(delay, lambda: os.killpg(process.pid, signal.SIGKILL))
+        timer.start()
+        return timer
+
+    server.start(timeout=300)
+    try:
+        for protocol, client in clients.items():
+            client.infer(small, ["CLASSES"])  # connected, config fetched
+            process = server.process
+            timer = kill_soon(process, 1.5)
+            start = time.monotonic()
+            with pytest.raises(TritonError, match=re.escape(client.url) + r": inference on spine_pipeline"):
+                client.infer(big, ["CLASSES"])
+            assert time.monotonic() - start < 60
+            timer.join()
+            process.wait(timeout=30)
+            server.start(timeout=300)  # the same ports: a restart
+            out = client.infer(small, ["CLASSES"])  # the same client object, the same thread
+            assert out["CLASSES"].shape == small.shape[1:]
+        assert clients["http"].health()["ready"] and clients["grpc"].health()["ready"]
+    finally:
+        server.stop()
+        for client in clients.values():
+            client.close()
