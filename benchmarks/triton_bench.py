@@ -257,6 +257,30 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def tree_memory(pid: int) -> dict:
+    """Per process of a tree: RSS, PSS and USS in MiB. Summed RSS counts pages shared between
+    processes (libraries, Triton's shared-memory regions with its python stubs) once per
+    process; summed PSS splits each shared page between its users, so it adds up to what the
+    tree really occupies."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {"processes": [], "rss_mib": 0, "pss_mib": 0, "uss_mib": 0}
+    rows = []
+    for p in members:
+        try:
+            info = p.memory_full_info()
+            name = " ".join(p.cmdline()[:2])[-90:]
+        except psutil.Error:
+            continue
+        rows.append({"process": name, "rss_mib": round(info.rss / 2**20), "pss_mib": round(info.pss / 2**20),
+                     "uss_mib": round(info.uss / 2**20)})
+    return {"processes": rows, **{key: sum(r[key] for r in rows) for key in ("rss_mib", "pss_mib", "uss_mib")}}
+
+
 class RssSampler:
     """Samples :func:`tree_rss` of some process trees every ``interval`` s in a thread; keeps
     the peak of each tree and of their sum."""
@@ -668,7 +692,7 @@ def markdown(r: dict) -> str:
                   + ", ".join(f"{k.removeprefix('triton_')} {v:.2f}x" for k, v in ratio.items()) + " (target <= 1.3x)", ""]
     mem = r.get("memory", {})
     app = r.get("app", {})
-    lines += ["| memory (RSS, process tree) | MiB |", "|---|---|",
+    lines += ["| memory (summed RSS of the process tree, sampled every 0.25 s) | MiB |", "|---|---|",
               f"| Triton + python stubs, idle | {mem.get('triton_idle_mib')} |",
               f"| Triton + python stubs, peak under 1-4 clients | {mem.get('triton_peak_mib')} |"]
     if "error" in app:
@@ -682,6 +706,23 @@ def markdown(r: dict) -> str:
     if app and "infer_latency_s" in app:
         lines += [f"App `/infer/lumbar_spine` on Triton (incl. post-processing and report): "
                   f"{', '.join(map(str, app['infer_latency_s']))} s.", ""]
+    for key in sorted(k for k in r if k.startswith("stack_memory")):
+        sm = r[key]
+        lines += [f"Memory per process tree (`benchmarks/stack_memory.py --key {key}`, onnxruntime arena "
+                  f"{sm.get('ort_arena', 'on')} in the server, same study, load average {sm['load_average_start'][0]}; MiB; "
+                  "summed RSS counts shared pages once per process, summed PSS splits them, so PSS adds up to real "
+                  "occupancy):", "",
+                  "| process tree | state | processes | RSS sum | PSS sum | USS sum |", "|---|---|---|---|---|---|"]
+        rows = [("Triton + stubs", "idle (warm)", sm["triton_idle"]), ("Triton + stubs", "serving (gRPC)", sm["triton_serving"]),
+                ("MONAI Label app", "idle (warm)", sm["app"]["app_idle"]), ("MONAI Label app", "serving /infer", sm["app"]["app_serving"]),
+                ("Triton + stubs", "serving the app", sm["app"]["triton_serving"])]
+        for name, state, m in rows:
+            lines.append(f"| {name} | {state} | {len(m['processes'])} | {m['rss_mib']} | {m['pss_mib']} | {m['uss_mib']} |")
+        lines += [f"| **whole local stack** | app serving | | {sm['stack_rss_mib']} | **{sm['stack_pss_mib']}** | "
+                  f"{sm['stack_uss_mib']} |", "", "Largest processes (PSS, serving the app): " + ", ".join(
+                      f"{x['process'].split('/')[-1]} {x['pss_mib']}" for x in sorted(
+                          sm["app"]["triton_serving"]["processes"] + sm["app"]["app_serving"]["processes"],
+                          key=lambda x: -x["pss_mib"])[:8]), ""]
     pm = r.get("pipeline_model", {})
     if pm:
         lines += ["| pipeline request only (gRPC) | clients | median s | p90 s | requests/s |", "|---|---|---|---|---|"]
