@@ -191,7 +191,9 @@ def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, 
     for r in range(rounds + 1):
         began = time.perf_counter()
         if r:
-            candidates = [k for k in pool if k not in labelled]  # scored by the previous round's model
+            # Scored by the previous round's model; a study where it finds no tissue scores 0, as
+            # the app's plane_disagreement scoring stores it.
+            candidates = [k for k in pool if k not in labelled]
             if strategy == "disagreement":
                 scores = {k: disagreement.score(segmenter.segment(study(k).primary)) or 0.0 for k in candidates}
             elif strategy == "epistemic":
