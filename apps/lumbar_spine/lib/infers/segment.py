@@ -13,7 +13,6 @@ unreachable or unready Triton 503. The server stays up either way.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from typing import Any, Callable, Sequence
 
@@ -28,7 +27,6 @@ from lumbarseg.triton.server import TritonError
 
 from lib.backend import ServedModel
 
-log = logging.getLogger(__name__)
 LABELS = list(tissues.STUDY_LABELS.values())  # value i + 1 is LABELS[i]
 
 
