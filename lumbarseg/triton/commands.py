@@ -50,7 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     def terminate(signum, frame):  # `kill` stops the server as cleanly as Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
+    # Installed for SIGINT too: a process started in the background inherits SIGINT ignored,
+    # and Python then never turns Ctrl-C / SIGINT into KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, terminate)
     try:
         server.start(timeout=args.timeout)
         print(f"Triton ready: http://{server.url}  grpc://127.0.0.1:{args.grpc_port}  "
