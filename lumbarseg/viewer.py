@@ -119,6 +119,21 @@ def _log_tail(path: Path | None, chars: int = 3000) -> str:
     return "\n" + Path(path).read_text(errors="replace")[-chars:]
 
 
+
+def _await_ready(name: str, server, timeout: float, poll: float) -> None:
+    """Wait until ``server.ready()``; a :class:`ViewerError` with its log's tail if the process
+    exits first or ``timeout`` passes (the server is stopped then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ViewerError(f"{name} exited with code {server.process.returncode} while starting"
+                              f"{_log_tail(server.log)}")
+        if server.ready():
+            return
+        time.sleep(poll)
+    server.stop()
+    raise ViewerError(f"{name} not ready on {server.url} after {timeout:.0f} s{_log_tail(server.log)}")
+
 class Orthanc:
     """An Orthanc process on ``port`` storing into ``storage``; a context manager.
 
@@ -165,15 +180,8 @@ class Orthanc:
         out = None if self.log is None else open(self.log, "ab")
         self.process = subprocess.Popen([binary, str(config)], stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, cwd=self.storage)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ViewerError(f"Orthanc exited with code {self.process.returncode} while starting{_log_tail(self.log)}")
-            if self.ready():
-                return self
-            time.sleep(0.3)
-        self.stop()
-        raise ViewerError(f"Orthanc not ready on {self.url} after {timeout:.0f} s{_log_tail(self.log)}")
+        _await_ready("Orthanc", self, timeout, poll=0.3)
+        return self
 
     def stop(self) -> None:
         _terminate(self.process)
@@ -313,16 +321,8 @@ class MonaiLabel:
         out = None if self.log is None else open(self.log, "ab")
         self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.environment(),
                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ViewerError(f"monailabel exited with code {self.process.returncode} while starting"
-                                  f"{_log_tail(self.log)}")
-            if self.ready():
-                return self
-            time.sleep(1)
-        self.stop()
-        raise ViewerError(f"MONAI Label not ready on {self.url} after {timeout:.0f} s{_log_tail(self.log)}")
+        _await_ready("MONAI Label", self, timeout, poll=1.0)
+        return self
 
     def stop(self) -> None:
         _terminate(self.process)
