@@ -3,14 +3,21 @@
 The real sets label different structures (discs in one, vertebral bodies in others) and only
 some levels of what their images show (a T2 set labels T11-L5 bodies, yet T10 and S1 are in
 view). So a voxel labelled 0 is background only for the classes the set annotates *at that
-height*. Each :class:`TrainingVolume` keeps, per tissue class, the superior-inferior extent of
-its labelled voxels (``extent``); outside it, or for a class the set never names, the class
-is *unknown*, and :func:`allowed_classes` lets the loss accept it there.
+height*. Each :class:`TrainingVolume` keeps, per tissue class, the superior-inferior extent
+where it is annotated (``extent``): for discs and bodies, which sets label level by level, the
+extent of their labelled voxels; for any other tissue a set names, the whole volume (a set that
+labels the sacrum or a hernia labels all of it). Outside the extent, or for a class the set
+never names, the class is *unknown*, and :func:`allowed_classes` lets the loss accept it there.
+
+Unknown is not unbounded: every tissue class lies near the spine. Far from the labelled discs
+and bodies (abdomen, back muscles, air) an unlabelled voxel is background whatever the set
+annotates (:func:`spine_region`). Without this rule nothing on a real image teaches
+background, and a network paints the tissues only phantoms label over the whole body.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +25,15 @@ from lumbarseg import planes, tissues
 from lumbarseg.io.study import Study, StudyError
 
 IGNORE = tissues.IGNORE
+# Labelled level by level over a range of levels, with more levels in view than labelled.
+BY_LEVEL = {tissues.TISSUE_NAMES.index("disc"), tissues.TISSUE_NAMES.index("vertebral_body")}
+
+# How far from the labelled discs and vertebral bodies (their in-plane bounding box, taken over
+# WINDOW_MM above and below) any lumbar tissue can reach: spinous process tips lie ~100 mm
+# behind the bodies' posterior edge at most, articular processes and foraminal hernias well
+# within 40 mm of their sides, nothing of the classes more than 15 mm in front of them.
+SPINE_MARGINS_MM = {"lateral": 40.0, "anterior": 15.0, "posterior": 110.0}
+WINDOW_MM = 30.0
 
 
 @dataclass
@@ -27,6 +43,10 @@ class TrainingVolume:
     target: np.ndarray  # (X, Y, Z) uint8 tissue class (lumbarseg.tissues.TISSUES index)
     extent: np.ndarray  # (K, 2) int: z range [lo, hi] where class k is annotated; lo > hi: nowhere
     spacing: float  # mm, isotropic
+    region: np.ndarray = field(init=False, repr=False)  # (X, Y, Z) bool, see spine_region
+
+    def __post_init__(self) -> None:
+        self.region = spine_region(self.target, self.spacing)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -44,13 +64,16 @@ def tissue_target(label: np.ndarray, structures: dict[int, str]) -> np.ndarray:
 
 
 def class_extents(target: np.ndarray, annotated: set[int]) -> np.ndarray:
-    """Per tissue class, the z-index range (canonical axis 2, inferior->superior) of its
-    labelled voxels; classes the set does not annotate get an empty range. Background counts
-    as annotated wherever any class is."""
+    """Per tissue class, the z-index range (canonical axis 2, inferior->superior) where it is
+    annotated: for the :data:`BY_LEVEL` classes that of their labelled voxels, for other
+    annotated classes all of it; classes the set does not annotate get an empty range.
+    Background counts as annotated wherever any class is."""
     extent = np.tile(np.array([[1, 0]]), (tissues.NUM_TISSUES, 1))
     for k in annotated:
         z = np.flatnonzero((target == k).any(axis=(0, 1)))
-        if z.size:
+        if k not in BY_LEVEL:
+            extent[k] = (0, target.shape[2] - 1)
+        elif z.size:
             extent[k] = (z[0], z[-1])
     return extent
 
@@ -74,16 +97,43 @@ def prepare(study: Study, spacing: float) -> TrainingVolume:
     )
 
 
-def allowed_classes(target: np.ndarray, extent: np.ndarray, z: np.ndarray) -> np.ndarray:
+def spine_region(target: np.ndarray, spacing: float) -> np.ndarray:
+    """``(X, Y, Z)`` bool on the canonical grid (RAS: axis 1 runs posterior -> anterior): where a
+    tissue the set does not label may lie. At each height within :data:`WINDOW_MM` of labelled
+    voxels, that is the in-plane bounding box of the labelled voxels within the window, widened
+    by :data:`SPINE_MARGINS_MM`; elsewhere (far above or below the labels, e.g. the sacrum
+    under a set labelled down to L5) nothing is known and the region is everything."""
+    labelled = (target > 0) & (target != IGNORE)
+    region = np.ones(target.shape, bool)
+    heights = np.flatnonzero(labelled.any(axis=(0, 1)))
+    if not heights.size:
+        return region
+    lateral, anterior, posterior = (round(SPINE_MARGINS_MM[k] / spacing) for k in ("lateral", "anterior", "posterior"))
+    window = round(WINDOW_MM / spacing)
+    in_x, in_y = labelled.any(axis=1), labelled.any(axis=0)  # (X, Z), (Y, Z)
+    for z in range(max(0, heights[0] - window), min(target.shape[2], heights[-1] + window + 1)):
+        near = slice(max(0, z - window), z + window + 1)
+        x, y = np.flatnonzero(in_x[:, near].any(axis=1)), np.flatnonzero(in_y[:, near].any(axis=1))
+        if not x.size:
+            continue  # a gap in the labels longer than the window: nothing known here
+        region[:, :, z] = False
+        region[max(0, x[0] - lateral) : x[-1] + lateral + 1, max(0, y[0] - posterior) : y[-1] + anterior + 1, z] = True
+    return region
+
+
+def allowed_classes(target: np.ndarray, extent: np.ndarray, z: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     """``(K, *target.shape)`` bool: the classes each voxel may belong to.
 
     ``target`` is a slice (or volume) of tissue classes, ``z`` the canonical z index of each of
-    its voxels (broadcastable). A labelled voxel allows only its class; a voxel labelled 0
-    allows background and every class not annotated at its height; :data:`IGNORE` allows all.
+    its voxels (broadcastable), ``region`` the matching part of :func:`spine_region` (None:
+    everywhere). A labelled voxel allows only its class; a voxel labelled 0 allows background
+    and, inside the region, every class not annotated at its height; :data:`IGNORE` allows all.
     """
     k = np.arange(tissues.NUM_TISSUES).reshape(-1, *([1] * target.ndim))
     known = (extent[:, 0].reshape(k.shape) <= z) & (z <= extent[:, 1].reshape(k.shape))
     allowed = np.where(target == 0, ~known, target == k)
+    if region is not None:
+        allowed[1:] &= region | (target != 0)
     allowed[0] |= target == 0
     allowed |= target == IGNORE
     return allowed
@@ -130,8 +180,8 @@ def decode_allowed(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
 def plane_slice(volume: TrainingVolume, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Slice ``index`` of a volume along ``plane``: image ``(3, H, W)`` and allowed ``(K, H, W)``."""
     image = planes.slice_stack(volume.image, plane)[index]
-    target = planes.slice_stack(volume.target[None], plane)[index, 0]
+    target, region = (planes.slice_stack(v[None], plane)[index, 0] for v in (volume.target, volume.region))
     # Canonical z (inferior->superior) is the slice index of an axial slice, and the last
     # in-plane axis (W) of sagittal and coronal slices.
     z = np.array(index) if plane == "axial" else np.arange(volume.shape[2])[None, :]
-    return image, allowed_classes(target, volume.extent, z)
+    return image, allowed_classes(target, volume.extent, z, region)

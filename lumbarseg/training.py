@@ -36,6 +36,7 @@ from lumbarseg.networks.plane_net import plane_net
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "configs" / "data" / "split.json"
 GROUPS = ("train", "fusion", "holdout")
+CACHE_VERSION = 2  # bump when datasets.prepare changes what a cached volume holds
 log = logging.getLogger("lumbarseg.train")
 
 
@@ -91,7 +92,7 @@ def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datas
     if missing:
         raise StudyError(missing[0], "file not found")
     stat = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (entry.image, entry.label) if p]
-    key = hashlib.sha256(repr((str(entry.image), stat, spacing, sorted(entry.structures.items()))).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((CACHE_VERSION, str(entry.image), stat, spacing, sorted(entry.structures.items()))).encode()).hexdigest()[:16]
     path = cache / f"{entry.set}_{entry.subject}_{key}.npz"
     if path.is_file():
         return datasets.load_volume(path)
@@ -293,7 +294,7 @@ class PatchDataset(Dataset):
         patch = np.zeros((x.shape[0], p, p, p), np.float32)
         patch[(slice(None), *dst)] = x[(slice(None), *src)]
         allowed = np.ones((tissues.NUM_TISSUES, p, p, p), bool)  # padding: nothing known
-        allowed[(slice(None), *dst)] = datasets.allowed_classes(volume.target[src], volume.extent, z)
+        allowed[(slice(None), *dst)] = datasets.allowed_classes(volume.target[src], volume.extent, z, volume.region[src])
         return torch.from_numpy(patch), torch.from_numpy(allowed)
 
 

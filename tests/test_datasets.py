@@ -104,3 +104,43 @@ def test_allowed_sets_survive_encoding_and_planes_agree():
         assert (codes[slice_target == 2] == 2).all()
     codes[0, 0] = datasets.IGNORE
     assert datasets.decode_allowed(codes, table)[:, 0, 0].all()
+
+
+def test_unannotated_tissues_are_background_far_from_the_labelled_spine():
+    # canonical RAS grid at 2 mm: a labelled body at x 40-60, y 100-120 (y grows anterior), z 30-50
+    target = np.zeros((120, 160, 100), np.uint8)
+    target[40:61, 100:121, 30:51] = VB
+    volume = datasets.TrainingVolume("s/1", np.zeros((3, *target.shape), np.float32), target,
+                                     datasets.class_extents(target, {VB}), 2.0)
+    z = np.arange(target.shape[2])[None, None, :]
+    allowed = datasets.allowed_classes(target, volume.extent, z, volume.region)
+    sac = tissues.TISSUE_NAMES.index("dural_sac")
+    only_background = [k == 0 for k in range(tissues.NUM_TISSUES)]
+    assert allowed[:, 50, 110, 40].tolist() == [k == VB for k in range(tissues.NUM_TISSUES)]
+    assert allowed[:, 5, 110, 40].tolist() == only_background  # 70 mm to the side
+    assert allowed[:, 50, 130, 40].tolist() == only_background  # 20 mm in front
+    assert allowed[sac, 50, 60, 40] and not allowed[VB, 50, 60, 40]  # 80 mm behind: posterior elements
+    assert allowed[:, 50, 30, 40].tolist() == only_background  # 140 mm behind
+    assert allowed[sac, 50, 110, 60] and allowed[VB, 50, 110, 60]  # 20 mm above the labels: T10 may be there
+    assert allowed[sac, 5, 110, 90] and allowed[VB, 5, 110, 90]  # far above: nothing known
+    # the slices the networks train on carry the same rule
+    _, axial = datasets.plane_slice(volume, "axial", 40)
+    np.testing.assert_array_equal(axial, allowed[..., 40])
+
+
+def test_a_volume_without_labels_knows_nothing():
+    target = np.zeros((4, 4, 4), np.uint8)
+    assert datasets.spine_region(target, 1.0).all()
+
+
+def test_tissues_not_labelled_by_level_are_known_at_every_height():
+    # a phantom-like set names the hernia: one hernia at z 3 says "no hernia" at every other height,
+    # while the disc, labelled by level, stays unknown above its labelled levels
+    label = np.zeros((1, 1, 10), np.uint16)
+    label[..., 2], label[..., 3] = 1, 2
+    target = datasets.tissue_target(label, {1: "L5-S1", 2: "hernia"})
+    hernia = tissues.TISSUE_NAMES.index("hernia")
+    extent = datasets.class_extents(target, {DISC, hernia})
+    allowed = datasets.allowed_classes(target, extent, np.arange(10).reshape(1, 1, 10))
+    assert tuple(extent[hernia]) == (0, 9)
+    assert not allowed[hernia, 0, 0, 8:].any() and allowed[DISC, 0, 0, 8]
