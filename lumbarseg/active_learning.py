@@ -37,12 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lumbarseg import disagreement, metrics, planes, tissues
-from lumbarseg.datasets import tissue_target
-from lumbarseg.evaluation import patient_z
+from lumbarseg import disagreement
+from lumbarseg.evaluation import study_dice
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Study, StudyError
-from lumbarseg.pipeline import Segmentation, Segmenter, segment_series
+from lumbarseg.pipeline import Segmenter, segment_series
 from lumbarseg.training import GROUPS, TrainingPreset, group_of, load_split, train
 
 STRATEGIES = ("disagreement", "random", "epistemic")
@@ -52,15 +51,6 @@ log = logging.getLogger("lumbarseg.al")
 
 class ActiveLearningError(ValueError):
     """Bad simulation settings (strategy, sizes)."""
-
-
-def study_dice(segmentation: Segmentation, study: Study) -> dict[str, float]:
-    """Ensemble Dice per annotated class of one labelled study (the scoring rule of
-    :mod:`lumbarseg.evaluation`)."""
-    series = study.primary
-    annotated = {tissues.tissue_of(n).index for n in study.structures.values()}
-    return metrics.dice_per_class(segmentation.classes, tissue_target(series.label, study.structures),
-                                  patient_z(series), annotated)
 
 
 def summarise(per_study: list[dict[str, float]]) -> dict[str, float]:
@@ -207,7 +197,7 @@ def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, 
             (out / "cache").symlink_to((work / "cache").resolve(), target_is_directory=True)
         model = train(round_preset, data_dirs, out, init=model, split=round_split(entries, labelled))
         segmenter = Segmenter.load(model)
-        per_study = {e.key: study_dice(segmenter.segment(study(e.key).primary), study(e.key)) for e in holdout}
+        per_study = {e.key: study_dice(segmenter.segment(study(e.key).primary).classes, study(e.key)) for e in holdout}
         dice = summarise(list(per_study.values()))
         curve["rounds"].append({
             "round": r, "n_labelled": len(labelled), "chosen": chosen, "model": str(model),
@@ -237,9 +227,70 @@ def load_curve(path: Path) -> dict:
     return curve
 
 
+def mean_curves(curves: list[dict], cls: str = "mean") -> dict[str, dict]:
+    """Curves grouped by strategy and averaged over their seeds: per strategy the labelled-study
+    counts, the mean ``cls`` Dice at each, its min and max over seeds, and the seeds. Curves of
+    one strategy must share their labelled-study counts (same initial size, rounds, K)."""
+    grouped: dict[str, list[dict]] = {}
+    for curve in curves:
+        grouped.setdefault(curve["strategy"], []).append(curve)
+    out = {}
+    for strategy, group in grouped.items():
+        counts = [[r["n_labelled"] for r in c["rounds"]] for c in group]
+        if any(c != counts[0] for c in counts):
+            raise ActiveLearningError(f"{strategy} curves differ in labelled-study counts {counts}; "
+                                      "average only runs with the same --initial, --rounds and --per-round")
+        dice = np.array([[r["dice"].get(cls, np.nan) for r in c["rounds"]] for c in group])
+        out[strategy] = {"n_labelled": counts[0], "dice": dice.mean(axis=0).tolist(),
+                         "min": dice.min(axis=0).tolist(), "max": dice.max(axis=0).tolist(),
+                         "seeds": sorted(c["seed"] for c in group)}
+    return out
+
+
+def labels_needed(n_labelled: list[int], dice: list[float], target: float) -> float | None:
+    """Labelled studies at which a curve first reaches ``target`` Dice, linearly interpolated
+    between rounds (None if it never does)."""
+    for i, (n, d) in enumerate(zip(n_labelled, dice)):
+        if d >= target:
+            if i == 0:
+                return float(n)
+            n0, d0 = n_labelled[i - 1], dice[i - 1]
+            return float(n0 + (target - d0) / (d - d0) * (n - n0))
+    return None
+
+
+def label_ratio(curves: list[dict], strategy: str = "disagreement", baseline: str = "random",
+                cls: str = "mean") -> dict:
+    """The issue's benchmark on seed-averaged curves: labelled studies ``strategy`` needs to reach
+    the Dice ``baseline`` reaches with all its rounds, over the labelled studies ``baseline``
+    used (< 1: fewer labels). Also the same per seed, for the spread."""
+    means = mean_curves(curves, cls)
+    missing = {strategy, baseline} - set(means)
+    if missing:
+        raise ActiveLearningError(f"no {sorted(missing)} curve to compare")
+
+    def ratio(ours: dict | list, theirs: dict | list) -> tuple[float, float | None, float | None]:
+        target, n_all = theirs["dice"][-1], theirs["n_labelled"][-1]
+        needed = labels_needed(ours["n_labelled"], ours["dice"], target)
+        return target, needed, None if needed is None else needed / n_all
+
+    target, needed, mean_ratio = ratio(means[strategy], means[baseline])
+    per_seed = {}
+    by_seed = {(c["strategy"], c["seed"]): c for c in curves}
+    for seed in sorted(set(means[strategy]["seeds"]) & set(means[baseline]["seeds"])):
+        one = {k: {"n_labelled": [r["n_labelled"] for r in by_seed[(k, seed)]["rounds"]],
+                   "dice": [r["dice"].get(cls, np.nan) for r in by_seed[(k, seed)]["rounds"]]}
+               for k in (strategy, baseline)}
+        per_seed[seed] = ratio(one[strategy], one[baseline])[2]
+    return {"class": cls, "strategy": strategy, "baseline": baseline, "seeds": means[strategy]["seeds"],
+            "baseline_final_dice": target, "baseline_labelled": means[baseline]["n_labelled"][-1],
+            "labelled_to_reach_it": needed, "ratio": mean_ratio, "ratio_per_seed": per_seed,
+            "curves": means}
+
+
 def plot_curves(curves: list[dict], path: Path) -> None:
-    """Holdout Dice against the number of labelled studies, one line per curve, one panel per
-    reported class and their mean."""
+    """Holdout Dice against the number of labelled studies, one panel per reported class and
+    their mean: one line per strategy, the mean over its seeds with their min-max as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,9 +299,12 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     panels = (*REPORTED, "mean")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0), sharey=True)
     for ax, cls in zip(axes, panels):
-        for curve in curves:
-            x = [r["n_labelled"] for r in curve["rounds"]]
-            ax.plot(x, [r["dice"].get(cls, np.nan) for r in curve["rounds"]], marker="o", label=curve["strategy"])
+        for strategy, mean in mean_curves(curves, cls).items():
+            seeds = len(mean["seeds"])
+            line, = ax.plot(mean["n_labelled"], mean["dice"], marker="o",
+                            label=strategy if seeds == 1 else f"{strategy} ({seeds} seeds)")
+            if seeds > 1:
+                ax.fill_between(mean["n_labelled"], mean["min"], mean["max"], color=line.get_color(), alpha=0.15)
         ax.set_title(f"holdout Dice: {cls}", fontsize=9)
         ax.set_xlabel("labelled studies")
         ax.grid(alpha=0.3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -124,8 +125,24 @@ def _al_simulate(args: argparse.Namespace) -> int:
     if args.compare:
         if not args.plot:
             args.parser.error("--compare needs --plot PNG")
-        al.plot_curves([al.load_curve(Path(p)) for p in args.compare], Path(args.plot))
+        curves = [al.load_curve(Path(p)) for p in args.compare]
+        al.plot_curves(curves, Path(args.plot))
         print(f"wrote {args.plot}")
+        strategies = {c["strategy"] for c in curves}
+        if {"disagreement", "random"} <= strategies:
+            ratio = al.label_ratio(curves)
+            for strategy, mean in ratio["curves"].items():
+                print(f"{strategy:>12} seeds {mean['seeds']}: " + "  ".join(
+                    f"{n} labelled {d:.3f}" for n, d in zip(mean["n_labelled"], mean["dice"])))
+            needed = ratio["labelled_to_reach_it"]
+            print(f"random reaches mean Dice {ratio['baseline_final_dice']:.3f} with {ratio['baseline_labelled']} "
+                  f"labelled; disagreement " + ("never does" if needed is None else
+                                                f"with {needed:.1f}: ratio {ratio['ratio']:.2f}"))
+            if args.summary:
+                Path(args.summary).write_text(json.dumps(ratio, indent=1))
+                print(f"wrote {args.summary}")
+        elif args.summary:
+            args.parser.error("--summary needs disagreement and random curves")
         return 0
     missing = [f"--{n.replace('_', '-')}" for n in ("data", "strategy", "rounds", "per_round", "out")
                if getattr(args, n) is None]
@@ -232,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "share their identical first round, so run them one after another")
     p.add_argument("--compare", nargs="+", metavar="CURVE", help="curve JSONs to plot side by side (with --plot)")
     p.add_argument("--plot", help="PNG for --compare")
+    p.add_argument("--summary", help="with --compare: JSON of the seed-averaged curves and the labelled-study "
+                                     "ratio disagreement needs to reach random's final Dice")
     p.set_defaults(run=_al_simulate, parser=p)
 
     from lumbarseg.triton.commands import add_commands as add_serving_commands  # export, triton, infer

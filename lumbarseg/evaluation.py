@@ -17,7 +17,7 @@ from tqdm import tqdm
 from lumbarseg import metrics, planes, tissues
 from lumbarseg.datasets import tissue_target
 from lumbarseg.io import manifest
-from lumbarseg.io.study import Series, StudyError
+from lumbarseg.io.study import Series, Study, StudyError
 from lumbarseg.pipeline import Segmenter
 from lumbarseg.training import group_of, load_split
 
@@ -31,6 +31,14 @@ def patient_z(series: Series) -> np.ndarray:
     i, j, k = (np.arange(n, dtype=np.float32) for n in series.shape)
     a = series.affine[2].astype(np.float32)
     return a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3]
+
+
+def study_dice(prediction: np.ndarray, study: Study) -> dict[str, float]:
+    """Dice per annotated class of one tissue-class prediction on a labelled study's primary
+    series, by the scoring rule above (:data:`RULE`)."""
+    series = study.primary
+    annotated = {tissues.tissue_of(n).index for n in study.structures.values()}
+    return metrics.dice_per_class(prediction, tissue_target(series.label, study.structures), patient_z(series), annotated)
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -52,13 +60,11 @@ def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = Fals
         if series.label is None:
             continue
         segmentation = segmenter.segment(series)
-        target = tissue_target(series.label, study.structures)
         z = patient_z(series)
-        annotated = {tissues.tissue_of(n).index for n in study.structures.values()}
         predictions = {**segmentation.plane_classes, "ensemble": segmentation.classes}
         subjects.append({
             "set": entry.set, "subject": entry.subject, "group": group_of(entry, split),
-            "dice": {m: metrics.dice_per_class(p, target, z, annotated) for m, p in predictions.items()},
+            "dice": {m: study_dice(p, study) for m, p in predictions.items()},
             "levels": {m: metrics.dice_per_level(p, series.label, study.structures, z) for m, p in predictions.items()},
         })
     sets = sorted({s["set"] for s in subjects})

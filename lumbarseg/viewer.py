@@ -34,6 +34,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from lumbarseg.services import await_ready
+
 REPO = Path(__file__).resolve().parents[1]
 ORTHANC_CONFIG = REPO / "configs" / "orthanc.json"
 APP = REPO / "apps" / "lumbar_spine"
@@ -113,27 +115,6 @@ def _terminate(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
         process.wait()
 
 
-def _log_tail(path: Path | None, chars: int = 3000) -> str:
-    if path is None or not Path(path).is_file():
-        return ""
-    return "\n" + Path(path).read_text(errors="replace")[-chars:]
-
-
-
-def _await_ready(name: str, server, timeout: float, poll: float) -> None:
-    """Wait until ``server.ready()``; a :class:`ViewerError` with its log's tail if the process
-    exits first or ``timeout`` passes (the server is stopped then)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise ViewerError(f"{name} exited with code {server.process.returncode} while starting"
-                              f"{_log_tail(server.log)}")
-        if server.ready():
-            return
-        time.sleep(poll)
-    server.stop()
-    raise ViewerError(f"{name} not ready on {server.url} after {timeout:.0f} s{_log_tail(server.log)}")
-
 class Orthanc:
     """An Orthanc process on ``port`` storing into ``storage``; a context manager.
 
@@ -180,7 +161,7 @@ class Orthanc:
         out = None if self.log is None else open(self.log, "ab")
         self.process = subprocess.Popen([binary, str(config)], stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, cwd=self.storage)
-        _await_ready("Orthanc", self, timeout, poll=0.3)
+        await_ready("Orthanc", self, timeout=timeout, poll=0.3, error=ViewerError, log=self.log)
         return self
 
     def stop(self) -> None:
@@ -321,7 +302,7 @@ class MonaiLabel:
         out = None if self.log is None else open(self.log, "ab")
         self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.environment(),
                                         start_new_session=True)
-        _await_ready("MONAI Label", self, timeout, poll=1.0)
+        await_ready("MONAI Label", self, timeout=timeout, poll=1.0, error=ViewerError, log=self.log)
         return self
 
     def stop(self) -> None:

@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from lumbarseg import disagreement
-from lumbarseg.active_learning import study_dice
+from lumbarseg.evaluation import study_dice
 from lumbarseg.io import manifest
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
@@ -55,7 +55,7 @@ def run(weights: Path, data: Path) -> dict:
     for entry in tqdm(entries, desc="segmenting", unit="study"):
         study = manifest.load_entry(entry)
         segmentation = segmenter.segment(study.primary)
-        dice = study_dice(segmentation, study)
+        dice = study_dice(segmentation.classes, study)
         rows.append({"set": entry.set, "subject": entry.subject, "dice": dice,
                      "error": 1.0 - float(np.mean(list(dice.values()))),
                      **{d: disagreement.score(segmentation, d) for d in disagreement.DEFINITIONS}})

@@ -118,6 +118,34 @@ def test_every_strategy_labels_k_new_pool_studies_per_round(curves, phantoms):
     assert len({json.dumps(r["dice"]) for r in first.values()}) == 1  # same start for every strategy
 
 
+
+def _curve(strategy: str, seed: int, dice: list[float]) -> dict:
+    return {"strategy": strategy, "seed": seed,
+            "rounds": [{"n_labelled": 3 + 2 * r, "dice": {"mean": d}} for r, d in enumerate(dice)]}
+
+
+def test_label_ratio_averages_seeds_and_interpolates_between_rounds(tmp_path):
+    curves = [_curve("random", 0, [0.4, 0.5, 0.6]), _curve("random", 1, [0.4, 0.5, 0.8]),
+              _curve("disagreement", 0, [0.4, 0.8, 0.8]), _curve("disagreement", 1, [0.4, 0.6, 0.9])]
+    ratio = al.label_ratio(curves)
+    assert ratio["seeds"] == [0, 1] and ratio["baseline_final_dice"] == pytest.approx(0.7)
+    # mean disagreement curve 0.4, 0.7, 0.85: reaches random's final 0.7 at exactly 5 of random's 7
+    assert ratio["labelled_to_reach_it"] == pytest.approx(5.0) and ratio["ratio"] == pytest.approx(5 / 7)
+    # seed 0: 0.6 reached between 3 (0.4) and 5 (0.8) labelled, at 4; seed 1: 0.8 between 5 (0.6) and 7 (0.9)
+    assert ratio["ratio_per_seed"] == {0: pytest.approx(4 / 7), 1: pytest.approx((5 + 2 * 2 / 3) / 7)}
+    assert al.labels_needed([3, 5, 7], [0.4, 0.5, 0.6], 0.9) is None
+    paths = []
+    for i, c in enumerate(curves):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(c))
+    summary = tmp_path / "summary.json"
+    assert cli.main(["al-simulate", "--compare", *map(str, paths), "--plot", str(tmp_path / "c.png"),
+                     "--summary", str(summary)]) == 0
+    assert json.loads(summary.read_text())["ratio"] == pytest.approx(5 / 7)
+    with pytest.raises(al.ActiveLearningError, match="labelled-study counts"):
+        al.mean_curves([*curves, _curve("random", 2, [0.4, 0.5])])
+
+
 @pytest.mark.slow
 def test_cli_writes_curve_and_plots_and_random_is_reproducible(curves, phantoms, tmp_path):
     work, previous = curves

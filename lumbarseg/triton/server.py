@@ -19,10 +19,11 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from lumbarseg.services import await_ready
 
 CACHE = Path(os.environ.get("LUMBARSEG_CACHE", Path.home() / ".cache" / "lumbarseg"))
 
@@ -117,16 +118,9 @@ class TritonServer:
             log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TritonError(f"tritonserver exited with code {self.process.returncode} while starting"
-                                  + (f"; see {self.log_path}" if isinstance(self.log_path, Path) else ""))
-            if self.ready():
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise TritonError(f"tritonserver not ready on {self.url} after {timeout:.0f} s")
+        await_ready("tritonserver", self, timeout=timeout, poll=0.5, error=TritonError,
+                    log=self.log_path if isinstance(self.log_path, Path) else None)
+        return self
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
