@@ -145,6 +145,17 @@ def test_disagreement_scores_carry_the_model_version_and_rank_the_next_sample(se
     assert second["id"] == ranked[1]  # the first was served a moment ago
 
 
+def test_a_train_request_without_final_labels_is_refused(server):
+    # runs before any test saves a final label (tests of a module run in file order)
+    served = server.app / "model" / "lumbar_spine"
+    before = {p.name: p.read_bytes() for p in served.glob("*.pt")}
+    for task in ("lumbar_spine", "axial"):
+        status, result = server.post(f"/train/{task}?run_sync=true")
+        assert status == 422 and "0 final label(s)" in result["detail"], result
+    assert {p.name: p.read_bytes() for p in served.glob("*.pt")} == before
+    assert server.get("/info/")[0] == 200
+
+
 def test_training_on_final_labels_serves_a_new_version_and_a_failed_run_changes_nothing(server, phantom_studies,
                                                                                           tmp_path):
     studies, truth = phantom_studies
