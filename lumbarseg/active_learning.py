@@ -269,7 +269,7 @@ def label_ratio(curves: list[dict], strategy: str = "disagreement", baseline: st
     if missing:
         raise ActiveLearningError(f"no {sorted(missing)} curve to compare")
 
-    def ratio(ours: dict | list, theirs: dict | list) -> tuple[float, float | None, float | None]:
+    def ratio(ours: dict, theirs: dict) -> tuple[float, float | None, float | None]:
         target, n_all = theirs["dice"][-1], theirs["n_labelled"][-1]
         needed = labels_needed(ours["n_labelled"], ours["dice"], target)
         return target, needed, None if needed is None else needed / n_all
