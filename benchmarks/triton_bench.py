@@ -238,18 +238,23 @@ def interleaved(backends: dict, repeats: int) -> dict:
 
 # -- memory ----------------------------------------------------------------------------------
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (Triton's python stubs, MONAI
-    Label's workers)."""
+def _tree(pid: int) -> list:
+    """A process and all its descendants (Triton's python stubs, MONAI Label's workers)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process tree (:func:`_tree`)."""
+    import psutil
+
     total = 0
-    for p in members:
+    for p in _tree(pid):
         try:
             total += p.memory_info().rss
         except psutil.NoSuchProcess:
@@ -264,13 +269,8 @@ def tree_memory(pid: int) -> dict:
     tree really occupies."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return {"processes": [], "rss_mib": 0, "pss_mib": 0, "uss_mib": 0}
     rows = []
-    for p in members:
+    for p in _tree(pid):
         try:
             info = p.memory_full_info()
             name = " ".join(p.cmdline()[:2])[-90:]

@@ -70,10 +70,11 @@ def class_extents(target: np.ndarray, annotated: set[int]) -> np.ndarray:
     Background counts as annotated wherever any class is."""
     extent = np.tile(np.array([[1, 0]]), (tissues.NUM_TISSUES, 1))
     for k in annotated:
-        z = np.flatnonzero((target == k).any(axis=(0, 1)))
         if k not in BY_LEVEL:
             extent[k] = (0, target.shape[2] - 1)
-        elif z.size:
+            continue
+        z = np.flatnonzero((target == k).any(axis=(0, 1)))
+        if z.size:
             extent[k] = (z[0], z[-1])
     return extent
 

@@ -180,14 +180,14 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
 
     anchor, confidence = "lowest disc", 0.6
     longest = (config or load_config())["max_sacrum_length_mm"]
-    if sacrum is not None and np.ptp(_span(sacrum, affine, axis)) > longest:
+    span = None if sacrum is None else _span(sacrum, affine, axis)
+    if span is not None and np.ptp(span) > longest:
         # No sacrum is that long: a segmentation that calls much of the image "sacrum" must not
         # swallow every disc as "inside the sacrum".
-        notes.append(f"a 'sacrum' {np.ptp(_span(sacrum, affine, axis)):.0f} mm long (more than {longest:g} mm) "
-                     "is not one: not used as the anchor")
+        notes.append(f"a 'sacrum' {np.ptp(span):.0f} mm long (more than {longest:g} mm) is not one: not used as the anchor")
         sacrum = None
     if sacrum is not None:
-        top = float(_span(sacrum, affine, axis).max())
+        top = float(span.max())
         inside = [d for d in discs if d.position < top - 5.0]
         if inside:
             notes.append(f"{len(inside)} disc-like object(s) within the sacrum ignored")
