@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,9 @@ class TrainingPreset:
     phantoms: dict  # {"train": n, "fusion": n, "seed": s}
     fusion: dict  # {"epochs", "iterations_per_epoch", "patch", "batch_size", "learning_rate"}
     seed: int
+    # How often a set is drawn relative to the others (default 1 each); phantoms carry the only
+    # hernia, sacrum and spinous-process labels, so the lite preset draws them more often.
+    set_weights: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "TrainingPreset":
@@ -66,8 +69,10 @@ class TrainingPreset:
             raise StudyError(name_or_path, f"no such training preset; known: {known}")
         data = {k: v for k, v in json.loads(path.read_text()).items() if k != "about"}
         names = {f.name for f in fields(cls)}
-        if set(data) != names:
-            raise StudyError(path, f"preset keys differ from {sorted(names)}: {sorted(set(data) ^ names)}")
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        if not required <= set(data) <= names:
+            raise StudyError(path, f"preset keys differ from {sorted(names)}: missing {sorted(required - set(data))}, "
+                                   f"unknown {sorted(set(data) - names)}")
         return cls(**data)
 
 
@@ -143,8 +148,8 @@ def _window(n: int, size: int, rng: np.random.Generator) -> tuple[slice, slice]:
 class SliceDataset(Dataset):
     """``iterations * batch_size`` random training slices of one plane for one epoch.
 
-    Each item draws a set uniformly (so a 40-subject set does not drown a 5-subject one), a
-    study in it, and a slice (mostly among slices with labels); crops or pads it to the
+    Each item draws a set (uniformly, or by the preset's ``set_weights``, so a 40-subject set
+    does not drown a 5-subject one), a study in it, and a slice (mostly among slices with labels); crops or pads it to the
     preset's input size, augments it, and returns ``image (3, S, S)`` and ``allowed (K, S, S)``.
     Item ``i`` of epoch ``e`` is the same on every run.
     """
@@ -152,6 +157,8 @@ class SliceDataset(Dataset):
     def __init__(self, volumes: list[datasets.TrainingVolume], plane: str, preset: TrainingPreset, epoch: int):
         self.sets = _by_set(volumes)
         self.names = sorted(self.sets)
+        weights = np.array([preset.set_weights.get(name, 1.0) for name in self.names], float)
+        self.set_probabilities = weights / weights.sum()
         self.plane = plane
         self.preset = preset
         self.epoch = epoch
@@ -166,7 +173,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.preset.seed, self.epoch, i, planes.PLANES.index(self.plane)])
-        pool = self.sets[self.names[rng.integers(len(self.names))]]
+        pool = self.sets[self.names[rng.choice(len(self.names), p=self.set_probabilities)]]
         volume = pool[rng.integers(len(pool))]
         labelled = self.labelled[volume.key]
         if labelled.size and rng.random() < self.preset.labelled_slice_fraction:

@@ -86,3 +86,25 @@ def test_bad_evaluation_input_names_the_file(trained, tmp_path):
     (tmp_path / "manifest.csv").write_text("set,subject,image,label,modality,structures\nx,1,img.nii.gz,lab.nii.gz,t2w,1=disc\n")
     with pytest.raises(StudyError, match="lab.nii.gz: .*does not match"):
         evaluate(model, tmp_path)
+
+
+def test_set_weights_set_how_often_each_set_is_drawn():
+    from dataclasses import replace
+
+    from lumbarseg import datasets
+    from lumbarseg.training import SliceDataset
+
+    def volume(key: str, value: float) -> datasets.TrainingVolume:
+        target = np.zeros((8, 8, 8), np.uint8)
+        target[2:6, 2:6, 2:6] = 1
+        extent = datasets.class_extents(target, {1})
+        return datasets.TrainingVolume(key, np.full((3, 8, 8, 8), value, np.float32), target, extent, 1.0)
+
+    preset = replace(TrainingPreset.load("smoke"), input_size=8, augment_probability=0.0, batch_size=1,
+                     iterations_per_epoch=400)
+    volumes = [volume("real/a", 1.0), volume("phantom/b", 2.0)]
+    for weights, share in (({}, 0.5), ({"phantom": 3.0}, 0.75)):
+        data = SliceDataset(volumes, "sagittal", replace(preset, set_weights=weights), epoch=0)
+        drawn = [float(data[i][0].max()) for i in range(len(data))]
+        assert set(drawn) == {1.0, 2.0}
+        assert abs(drawn.count(2.0) / len(drawn) - share) < 0.07
