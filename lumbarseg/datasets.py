@@ -18,6 +18,7 @@ background, and a network paints the tissues only phantoms label over the whole 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,12 @@ class TrainingVolume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.target.shape  # type: ignore[return-value]
+
+    @cached_property
+    def class_voxels(self) -> dict[int, np.ndarray]:
+        """Per tissue class labelled in this volume (background aside), its voxels' ``(N, 3)`` indices."""
+        present = [k for k in np.unique(self.target) if 0 < k < tissues.NUM_TISSUES]
+        return {int(k): np.argwhere(self.target == k).astype(np.int16) for k in present}
 
 
 def tissue_target(label: np.ndarray, structures: dict[int, str]) -> np.ndarray:

@@ -14,11 +14,19 @@ import torch
 from torch import nn
 
 
-def marginal_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of ``-log sum_{k allowed} softmax(logits)_k``."""
+def marginal_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pixels of ``-log sum_{k allowed} softmax(logits)_k``; with ``class_weights``
+    (K,), a pixel surely of class k counts ``class_weights[k]`` times (others once), so a rare
+    tissue that looks like a common one is not given up for it."""
     log_total = torch.logsumexp(logits, dim=1)
     log_allowed = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1)
-    return (log_total - log_allowed).mean()
+    loss = log_total - log_allowed
+    if class_weights is not None:
+        sure = allowed & (allowed.sum(dim=1, keepdim=True) == 1)
+        shape = (1, -1) + (1,) * (logits.ndim - 2)
+        weight = (sure * class_weights.to(logits.dtype).view(shape)).sum(dim=1)
+        loss = loss * torch.where(sure.any(dim=1), weight, torch.ones_like(weight))
+    return loss.mean()
 
 
 def known_dice_loss(logits: torch.Tensor, allowed: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -42,10 +50,12 @@ def known_dice_loss(logits: torch.Tensor, allowed: torch.Tensor, smooth: float =
 class PartialDiceCELoss(nn.Module):
     """Marginal cross-entropy plus known-region Dice, MONAI DiceCELoss's shape for partial labels."""
 
-    def __init__(self, *, dice_weight: float = 1.0, ce_weight: float = 1.0):
+    def __init__(self, *, dice_weight: float = 1.0, ce_weight: float = 1.0, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
+        self.class_weights = class_weights
 
     def forward(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        return self.ce_weight * marginal_cross_entropy(logits, allowed) + self.dice_weight * known_dice_loss(logits, allowed)
+        return (self.ce_weight * marginal_cross_entropy(logits, allowed, self.class_weights)
+                + self.dice_weight * known_dice_loss(logits, allowed))

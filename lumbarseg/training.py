@@ -58,6 +58,21 @@ class TrainingPreset:
     # How often a set is drawn relative to the others (default 1 each); phantoms carry the only
     # hernia, sacrum and spinous-process labels, so the lite preset draws them more often.
     set_weights: dict = field(default_factory=dict)
+    # Share of slices cut through a voxel of a class drawn uniformly among those the study
+    # labels, crop placed around it (nnU-Net's foreground oversampling): small tissues such as a
+    # hernia or the sacrum are otherwise too rare in random crops to be learnt.
+    class_centred_fraction: float = 0.0
+    # Cross-entropy weight of pixels surely of a class (default 1): tissues only phantoms label
+    # (sacrum, spinous process: marrow like the bodies; hernia: tiny) are otherwise never learnt.
+    class_weights: dict = field(default_factory=dict)
+
+    def class_weight_tensor(self) -> torch.Tensor | None:
+        if not self.class_weights:
+            return None
+        unknown = set(self.class_weights) - set(tissues.TISSUE_NAMES)
+        if unknown:
+            raise StudyError("class_weights", f"unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
+        return torch.tensor([float(self.class_weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES])
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "TrainingPreset":
@@ -135,11 +150,13 @@ def _by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[datasets.T
     return groups
 
 
-def _window(n: int, size: int, rng: np.random.Generator) -> tuple[slice, slice]:
+def _window(n: int, size: int, rng: np.random.Generator, keep: int | None = None) -> tuple[slice, slice]:
     """A random ``size``-long window over an axis of length ``n``: (source, destination) slices.
-    Longer axes are cropped; shorter ones are placed at a random offset in padding."""
+    Longer axes are cropped (around index ``keep`` when given); shorter ones are placed at a
+    random offset in padding."""
     if n >= size:
-        start = int(rng.integers(0, n - size + 1))
+        lo, hi = (0, n - size) if keep is None else (max(0, keep - size + 1), min(n - size, keep))
+        start = int(rng.integers(lo, hi + 1))
         return slice(start, start + size), slice(0, size)
     before = int(rng.integers(0, size - n + 1))
     return slice(0, n), slice(before, before + n)
@@ -149,8 +166,10 @@ class SliceDataset(Dataset):
     """``iterations * batch_size`` random training slices of one plane for one epoch.
 
     Each item draws a set (uniformly, or by the preset's ``set_weights``, so a 40-subject set
-    does not drown a 5-subject one), a study in it, and a slice (mostly among slices with labels); crops or pads it to the
-    preset's input size, augments it, and returns ``image (3, S, S)`` and ``allowed (K, S, S)``.
+    does not drown a 5-subject one), a study in it, and a slice: through a voxel of a randomly
+    drawn labelled class (``class_centred_fraction``), else mostly among slices with labels;
+    crops or pads it to the preset's input size, augments it, and returns ``image (3, S, S)``
+    and ``allowed (K, S, S)``.
     Item ``i`` of epoch ``e`` is the same on every run.
     """
 
@@ -176,14 +195,20 @@ class SliceDataset(Dataset):
         pool = self.sets[self.names[rng.choice(len(self.names), p=self.set_probabilities)]]
         volume = pool[rng.integers(len(pool))]
         labelled = self.labelled[volume.key]
-        if labelled.size and rng.random() < self.preset.labelled_slice_fraction:
+        axis = planes.NORMAL_AXIS[self.plane]
+        keep = (None, None)
+        if volume.class_voxels and rng.random() < self.preset.class_centred_fraction:
+            voxels = volume.class_voxels[int(rng.choice(sorted(volume.class_voxels)))]
+            voxel = voxels[rng.integers(len(voxels))]
+            index, keep = int(voxel[axis]), tuple(int(voxel[a]) for a in range(3) if a != axis)
+        elif labelled.size and rng.random() < self.preset.labelled_slice_fraction:
             index = int(rng.choice(labelled))
         else:
-            index = int(rng.integers(volume.shape[planes.NORMAL_AXIS[self.plane]]))
+            index = int(rng.integers(volume.shape[axis]))
         image, allowed = datasets.plane_slice(volume, self.plane, index)
         codes, table = datasets.encode_allowed(allowed)
         size = self.preset.input_size
-        (src_h, dst_h), (src_w, dst_w) = (_window(n, size, rng) for n in codes.shape)
+        (src_h, dst_h), (src_w, dst_w) = (_window(n, size, rng, k) for n, k in zip(codes.shape, keep))
         crop = np.zeros((image.shape[0], size, size), np.float32)
         crop[:, dst_h, dst_w] = image[:, src_h, src_w]
         crop_codes = np.full((size, size), datasets.IGNORE, np.uint8)  # padding: nothing known
@@ -213,12 +238,11 @@ def _validate(predict, volumes: list[datasets.TrainingVolume]) -> dict[str, floa
 
 
 def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr: float, weight_decay: float,
-                validate, checkpoint: Path) -> list[dict]:
+                validate, checkpoint: Path, loss_fn: torch.nn.Module) -> list[dict]:
     """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss,
     an atomic checkpoint and a log line per epoch; resumes from ``checkpoint``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    loss_fn = PartialDiceCELoss()
     history: list[dict] = []
     start = 0
     if checkpoint.is_file():
@@ -278,7 +302,8 @@ def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], p
         return _validate(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
 
     history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
-                          validate, out / "checkpoints" / f"{plane}.ckpt")
+                          validate, out / "checkpoints" / f"{plane}.ckpt",
+                          PartialDiceCELoss(class_weights=preset.class_weight_tensor()))
     return model, history
 
 
@@ -331,7 +356,8 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
         return _validate(lambda v: preds[v.key], volumes)
 
     history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
-                          validate, out / "checkpoints" / "fusion.ckpt")
+                          validate, out / "checkpoints" / "fusion.ckpt",
+                          PartialDiceCELoss(class_weights=preset.class_weight_tensor()))
     return model, history
 
 

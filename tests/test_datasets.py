@@ -49,6 +49,21 @@ def test_marginal_loss_is_cross_entropy_when_fully_annotated_and_free_where_unkn
     assert known_dice_loss(logits, torch.ones_like(onehot)) == 0  # nothing known: no signal
 
 
+def test_class_weights_scale_only_pixels_surely_of_that_class():
+    logits = torch.randn(1, tissues.NUM_TISSUES, 4, 4)
+    allowed = torch.zeros(1, tissues.NUM_TISSUES, 4, 4, dtype=torch.bool)
+    allowed[:, DISC, :2] = True  # surely disc
+    allowed[:, :, 2:] = True  # unknown: anything
+    allowed[:, VB, 2:] = False
+    per_pixel = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), 1)
+    weights = torch.ones(tissues.NUM_TISSUES)
+    assert torch.allclose(marginal_cross_entropy(logits, allowed, weights), marginal_cross_entropy(logits, allowed))
+    weights[DISC] = 5.0
+    weights[VB] = 7.0  # no pixel is surely a body: changes nothing
+    expected = (5 * per_pixel[:, :2].sum() + per_pixel[:, 2:].sum()) / 16
+    assert torch.allclose(marginal_cross_entropy(logits, allowed, weights), expected, atol=1e-6)
+
+
 def test_partial_loss_trains_a_tiny_model_without_touching_unknown_classes():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, tissues.NUM_TISSUES, 1)

@@ -108,3 +108,26 @@ def test_set_weights_set_how_often_each_set_is_drawn():
         drawn = [float(data[i][0].max()) for i in range(len(data))]
         assert set(drawn) == {1.0, 2.0}
         assert abs(drawn.count(2.0) / len(drawn) - share) < 0.07
+
+
+def test_class_centred_slices_show_a_rare_class_in_their_crop():
+    from dataclasses import replace
+
+    from lumbarseg import datasets
+    from lumbarseg.training import SliceDataset
+
+    target = np.zeros((24, 24, 24), np.uint8)
+    target[4:20, 4:20, 4:20] = 1  # a large class
+    target[21:23, 21:23, 21:23] = 8  # a rare one in a corner, 8 voxels
+    volume = datasets.TrainingVolume("phantom/a", np.zeros((3, 24, 24, 24), np.float32), target,
+                                     datasets.class_extents(target, {1, 8}), 1.0)
+    preset = replace(TrainingPreset.load("smoke"), input_size=12, augment_probability=0.0, batch_size=1,
+                     iterations_per_epoch=200)
+
+    def share_with_rare(fraction: float) -> float:
+        data = SliceDataset([volume], "axial", replace(preset, class_centred_fraction=fraction), epoch=0)
+        rare = [bool((data[i][1][8] & (data[i][1].sum(0) == 1)).any()) for i in range(len(data))]
+        return sum(rare) / len(rare)
+
+    assert share_with_rare(0.0) < 0.05
+    assert 0.4 < share_with_rare(1.0) < 0.6  # half the draws pick the rare class, always in the crop
