@@ -36,10 +36,12 @@ def analyse(study: Study, segment: Callable[[Series], Segmentation], *, plane: s
     series = study.primary
     segmentation = segment(series)
     classes = segmentation.classes if plane is None else segmentation.plane_classes[plane]
-    classes = postprocess.remove_small_objects(classes, series.affine)
-    levels = postprocess.name_levels(classes, series.affine)
-    label = postprocess.study_label_map(classes, levels)
     single = Study([series], study.structures, study.subject, study.set, study.source)
-    report = measure.study_report(single, [classes], plane_classes=[segmentation.plane_classes or None],
-                                  source="model" if plane is None else f"model:{plane}")
+    report, findings = measure.study_findings(single, [classes], plane_classes=[segmentation.plane_classes or None],
+                                              source="model" if plane is None else f"model:{plane}")
+    if findings is None:  # nothing to measure (an empty mask): name what there is, if anything
+        cleaned = postprocess.remove_small_objects(classes, series.affine)
+        label = postprocess.study_label_map(cleaned, postprocess.name_levels(cleaned, series.affine))
+    else:  # the levels the report names, on the same cleaned map (one series: named on it)
+        label = postprocess.study_label_map(findings.named, findings.levels)
     return Analysis(label, series.affine, report, segmentation)

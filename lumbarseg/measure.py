@@ -273,6 +273,7 @@ class Findings:
     grid: Grid
     naming_series: int | None  # index into maps; None: the axial stacks together
     problems: list[str]
+    named: np.ndarray  # the class map levels were named on, small objects removed
 
 
 def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: dict | None = None) -> Findings:
@@ -295,7 +296,7 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
     levels = postprocess.name_levels(cleaned, naming.affine, post_config)
     if not levels.discs:
         problems.append("no intervertebral disc found: levels, herniation and stenosis need discs")
-        return Findings(maps, levels, [], grid, naming_index, problems)
+        return Findings(maps, levels, [], grid, naming_index, problems, cleaned)
 
     discs = [LevelFindings(disc_frame(inst, naming.affine)) for inst in levels.discs]
     for f in discs:
@@ -343,7 +344,7 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
         f.sections = [s for s in f.sections if s.slice is None or owner[(s.series, s.slice)][1] == n]
     if not any((m.classes == SAC).any() for m in maps):
         problems.append("no dural sac in the mask: sac size and stenosis not measured")
-    return Findings(maps, levels, discs, grid, naming_index, problems)
+    return Findings(maps, levels, discs, grid, naming_index, problems, cleaned)
 
 
 def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Grid) -> list[Section]:
@@ -535,7 +536,15 @@ def _problems_of(maps: Sequence[LabelMap], shapes: Sequence[tuple[int, ...]]) ->
 def study_report(study: Study, classes: Sequence[np.ndarray | None] | None = None, *,
                  plane_classes: Sequence[dict[str, np.ndarray] | None] | None = None,
                  source: str = "truth", config: dict | None = None) -> dict:
-    """The findings report of a study (schema :data:`SCHEMA`).
+    """The findings report of a study (schema :data:`SCHEMA`); see :func:`study_findings`."""
+    return study_findings(study, classes, plane_classes=plane_classes, source=source, config=config)[0]
+
+
+def study_findings(study: Study, classes: Sequence[np.ndarray | None] | None = None, *,
+                   plane_classes: Sequence[dict[str, np.ndarray] | None] | None = None,
+                   source: str = "truth", config: dict | None = None) -> tuple[dict, Findings | None]:
+    """The findings report of a study (schema :data:`SCHEMA`) and the :class:`Findings` behind
+    it (None when nothing could be measured).
 
     ``classes``: one tissue-class map per ``study.series`` on that series' grid (a prediction),
     or None to use the study's own label maps (ground truth, read through ``study.structures``).
@@ -554,26 +563,26 @@ def study_report(study: Study, classes: Sequence[np.ndarray | None] | None = Non
         classes = [None if s.label is None else tissue_target(s.label, study.structures) for s in series]
     classes = list(classes)
     if len(classes) != len(series):
-        return _failed(report, "error", [f"{len(classes)} masks for {len(series)} series"])
+        return _failed(report, "error", [f"{len(classes)} masks for {len(series)} series"]), None
     planes = list(plane_classes) if plane_classes is not None else [None] * len(series)
     maps = [LabelMap(None if c is None else np.asarray(c), s.affine, s.description, p)
             for c, s, p in zip(classes, series, planes)]
     problems = _problems_of(maps, [s.shape for s in series])
     if problems:
-        return _failed(report, "error", problems)
+        return _failed(report, "error", problems), None
     missing = [f"series {i} has no mask: not measured" for i, m in enumerate(maps) if m.classes is None]
     for m, s in zip(maps, series):
         if m.classes is None:  # kept (as not annotated) so that series indices stay the study's
             m.classes = np.full(s.shape, UNKNOWN, np.uint8)
     if not any(((m.classes != 0) & (m.classes != UNKNOWN)).any() for m in maps):
-        return _failed(report, "no_findings", missing + ["the mask is empty: no tissue to measure"])
+        return _failed(report, "no_findings", missing + ["the mask is empty: no tissue to measure"]), None
     findings = measure(maps, config)
     report.update(findings_report(findings, config))
     report["problems"] = missing + findings.problems
     if not findings.discs:
         report["status"] = "no_findings"
         report["summary"] = "; ".join(findings.problems)
-    return report
+    return report, findings
 
 
 def _failed(report: dict, status: str, problems: list[str]) -> dict:
