@@ -9,9 +9,8 @@ every name and lost the top disc. Here levels come from anatomy, in patient spac
    them, pointing superior), so lordosis and oblique acquisitions do not matter;
 3. the anchor is the sacrum when one is visible (and no longer than an adult sacrum,
    ``max_sacrum_length_mm``): the lowest disc above its top is L5-S1, and "discs" inside the
-   sacrum are dropped. Without a sacrum the lowest disc is taken as L5-S1 (the lowest body as
-   L5 when there are no discs), with lower confidence; as only L5-S1 lies below the lowest
-   vertebral body, lower "discs" are dropped (sacral segments not recognised as sacrum);
+   sacrum are dropped. Without a sacrum the lowest disc is taken as L5-S1
+   (the lowest body as L5), with lower confidence;
 4. names go up from the anchor, skipping a level where the gap to the next disc is about twice
    the usual spacing (a disc not found); discs above T11-T12 stay unnamed;
 5. each body takes the name of the vertebra above the disc below it (L4 sits above L4-L5).
@@ -194,17 +193,7 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
             notes.append(f"{len(inside)} disc-like object(s) within the sacrum ignored")
         discs = [d for d in discs if d.position >= top - 5.0]
         anchor, confidence = "sacrum", 0.95
-    elif bodies and discs:
-        # Every disc but L5-S1 has a body below it: discs under the lowest body other than the
-        # one nearest it are not lumbar (sacral segments the model did not call sacrum).
-        lowest_body = min(b.position for b in bodies)
-        below = sorted((d for d in discs if d.position < lowest_body), key=lambda d: d.position)
-        if len(below) > 1:
-            notes.append(f"{len(below) - 1} disc-like object(s) below the lowest vertebral body ignored")
-            dropped = {id(d) for d in below[:-1]}
-            discs = [d for d in discs if id(d) not in dropped]
-            confidence = 0.5
-    elif bodies:
+    elif not discs and bodies:
         anchor = "lowest body"
     discs = _regularise(discs, affine, axis, notes, split=False)
     bodies = _regularise(bodies, affine, axis, notes, split=True)
