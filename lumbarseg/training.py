@@ -69,9 +69,6 @@ class TrainingPreset:
     def class_weight_tensor(self) -> torch.Tensor | None:
         if not self.class_weights:
             return None
-        unknown = set(self.class_weights) - set(tissues.TISSUE_NAMES)
-        if unknown:
-            raise StudyError("class_weights", f"unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
         return torch.tensor([float(self.class_weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES])
 
     @classmethod
@@ -88,6 +85,9 @@ class TrainingPreset:
         if not required <= set(data) <= names:
             raise StudyError(path, f"preset keys differ from {sorted(names)}: missing {sorted(required - set(data))}, "
                                    f"unknown {sorted(set(data) - names)}")
+        unknown = set(data.get("class_weights", {})) - set(tissues.TISSUE_NAMES)
+        if unknown:
+            raise StudyError(path, f"class_weights names unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
         return cls(**data)
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from lumbarseg import cli, io, phantom, tissues
+from lumbarseg import cli, datasets, io, phantom, tissues
 from lumbarseg.evaluation import evaluate
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
-from lumbarseg.training import TrainingPreset, train
+from lumbarseg.training import REPO, SliceDataset, TrainingPreset, train
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +90,6 @@ def test_bad_evaluation_input_names_the_file(trained, tmp_path):
 
 
 def test_set_weights_set_how_often_each_set_is_drawn():
-    from dataclasses import replace
-
-    from lumbarseg import datasets
-    from lumbarseg.training import SliceDataset
-
     def volume(key: str, value: float) -> datasets.TrainingVolume:
         target = np.zeros((8, 8, 8), np.uint8)
         target[2:6, 2:6, 2:6] = 1
@@ -111,11 +107,6 @@ def test_set_weights_set_how_often_each_set_is_drawn():
 
 
 def test_class_centred_slices_show_a_rare_class_in_their_crop():
-    from dataclasses import replace
-
-    from lumbarseg import datasets
-    from lumbarseg.training import SliceDataset
-
     target = np.zeros((24, 24, 24), np.uint8)
     target[4:20, 4:20, 4:20] = 1  # a large class
     target[21:23, 21:23, 21:23] = 8  # a rare one in a corner, 8 voxels
@@ -131,3 +122,13 @@ def test_class_centred_slices_show_a_rare_class_in_their_crop():
 
     assert share_with_rare(0.0) < 0.05
     assert 0.4 < share_with_rare(1.0) < 0.6  # half the draws pick the rare class, always in the crop
+
+
+def test_a_preset_weighting_an_unknown_tissue_names_the_file(tmp_path):
+    data = json.loads((REPO / "configs" / "training" / "smoke.json").read_text())
+    data["class_weights"] = {"sacrum": 5.0, "coccyx": 3.0}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(StudyError, match="coccyx") as error:
+        TrainingPreset.load(path)
+    assert str(path) in str(error.value)
