@@ -13,7 +13,6 @@ training run and ``lumbarseg evaluate``, and is not measured here.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -104,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": tb.machine(args.threads), "repeats": args.repeats, "note": args.note, "weights": args.weights,
               "report_median_s": round(report, 3), "report_s": report_s, "target_s": 5.0, "points": rows,
               "shapes": {"narrow": NARROW, "lite": "configs/models/lite.json"}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    tb.write_results(result, Path(args.out), markdown)
     return 0
 
 
@@ -120,8 +115,7 @@ def markdown(r: dict) -> str:
              "to the model grid, three planes, fusion, classes back on the source grid (untrained networks of each shape: "
              "timing does not depend on the weights). *Report*: post-processing, measurements and report on the "
              f"shipped model's segmentation ({r['weights']}), median {r['report_median_s']} s, the same for every point.", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, torch {m['torch']}; load average at start "
-             f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. {r['note']}", "",
+             tb.machine_line(m, r["note"]), "",
              "| shape @ grid mm | model grid | GFLOP (networks) | segment s (median) | + report = study s | vs first |",
              "|---|---|---|---|---|---|"]
     for p in r["points"]:

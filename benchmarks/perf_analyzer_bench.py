@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import statistics
 import subprocess
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         result["perf_analyzer_rows"] = {
             protocol: perf_analyzer(binary, protocol, port, list(image.shape), args.concurrency, work, args.requests)
             for protocol, port in (("grpc", server.grpc_port), ("http", server.http_port))}
-    out = Path(args.out)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    tb.write_results(result, Path(args.out), markdown)
     return 0
 
 
@@ -130,8 +126,7 @@ def markdown(r: dict) -> str:
              f"`{r['command']}`; perf_analyzer from the {r['perf_analyzer']}; input IMAGE "
              f"{'x'.join(map(str, r['request']['input_shape']))} (phantom seed {r['request']['phantom_seed']}'s network "
              "input shape), every output returned; Triton 2.51 CPU configs.", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB; load average at start "
-             f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. {r['note']}", "",
+             tb.machine_line(m, r["note"]), "",
              "| client | protocol | concurrency | inferences/s | p50 ms | p90 ms | server compute ms | server queue ms |",
              "|---|---|---|---|---|---|---|---|"]
     for protocol, rows in r["perf_analyzer_rows"].items():

@@ -507,6 +507,20 @@ def machine(threads: int) -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+def machine_line(m: dict, note: str) -> str:
+    """The machine and its load, one Markdown line (for the results files beside this one)."""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, torch {m['torch']}; load average at start "
+            f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. {note}")
+
+
+def write_results(result: dict, out: Path, markdown) -> None:
+    """``out`` as JSON and its Markdown rendering beside it (``.md``), printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", help="weights folder (default: untrained lite networks at --spacing)")
