@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lumbarseg import analysis, phantom, pipeline
+    from lumbarseg import analysis, phantom, pipeline, planes
 
     torch.set_num_threads(args.threads)
     study = phantom.generate(0, shape=tb.IVDM_SHAPE, spacing=tb.IVDM_SPACING, modalities=tb.IVDM_MODALITIES)
@@ -87,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     report = statistics.median(report_s)
     rows = []
     for point, seg in segmenters.items():
-        from lumbarseg import planes
-
         image = planes.resample(planes.network_input(series), planes.grid_size(planes.to_canonical(series), seg.spacing),
                                 "trilinear")
         median = statistics.median(segment_s[point])

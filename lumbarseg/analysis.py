@@ -39,9 +39,8 @@ def analyse(study: Study, segment: Callable[[Series], Segmentation], *, plane: s
     single = Study([series], study.structures, study.subject, study.set, study.source)
     report, findings = measure.study_findings(single, [classes], plane_classes=[segmentation.plane_classes or None],
                                               source="model" if plane is None else f"model:{plane}")
-    if findings is None:  # nothing to measure (an empty mask): name what there is, if anything
-        cleaned = postprocess.remove_small_objects(classes, series.affine)
-        label = postprocess.study_label_map(cleaned, postprocess.name_levels(cleaned, series.affine))
-    else:  # the levels the report names, on the same cleaned map (one series: named on it)
-        label = postprocess.study_label_map(findings.named, findings.levels)
+    # The levels the report names, on the map they were named on (one series: this one). No
+    # findings means a segmentation without any tissue: its label map is empty too.
+    label = (np.zeros(classes.shape, np.uint8) if findings is None
+             else postprocess.study_label_map(findings.named, findings.levels))
     return Analysis(label, series.affine, report, segmentation)

@@ -177,7 +177,7 @@ class SliceDataset(Dataset):
         self.sets = _by_set(volumes)
         self.names = sorted(self.sets)
         weights = np.array([preset.set_weights.get(name, 1.0) for name in self.names], float)
-        self.set_probabilities = weights / weights.sum()
+        self.set_probabilities = weights / weights.sum() if preset.set_weights else None
         self.plane = plane
         self.preset = preset
         self.epoch = epoch
@@ -192,12 +192,14 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.preset.seed, self.epoch, i, planes.PLANES.index(self.plane)])
+        # Presets without set_weights or class_centred_fraction draw nothing for them, so their
+        # random stream (and the weights trained with it) stays what it was before both existed.
         pool = self.sets[self.names[rng.choice(len(self.names), p=self.set_probabilities)]]
         volume = pool[rng.integers(len(pool))]
         labelled = self.labelled[volume.key]
         axis = planes.NORMAL_AXIS[self.plane]
         keep = (None, None)
-        if volume.class_voxels and rng.random() < self.preset.class_centred_fraction:
+        if self.preset.class_centred_fraction and volume.class_voxels and rng.random() < self.preset.class_centred_fraction:
             voxels = volume.class_voxels[int(rng.choice(sorted(volume.class_voxels)))]
             voxel = voxels[rng.integers(len(voxels))]
             index, keep = int(voxel[axis]), tuple(int(voxel[a]) for a in range(3) if a != axis)
@@ -238,9 +240,11 @@ def _validate(predict, volumes: list[datasets.TrainingVolume]) -> dict[str, floa
 
 
 def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr: float, weight_decay: float,
-                validate, checkpoint: Path, loss_fn: torch.nn.Module) -> list[dict]:
-    """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss,
-    an atomic checkpoint and a log line per epoch; resumes from ``checkpoint``."""
+                validate, checkpoint: Path, class_weights: torch.Tensor | None) -> list[dict]:
+    """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss
+    (``class_weights``: its cross-entropy weights), an atomic checkpoint and a log line per epoch;
+    resumes from ``checkpoint``."""
+    loss_fn = PartialDiceCELoss(class_weights=class_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history: list[dict] = []
@@ -302,8 +306,7 @@ def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], p
         return _validate(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
 
     history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
-                          validate, out / "checkpoints" / f"{plane}.ckpt",
-                          PartialDiceCELoss(class_weights=preset.class_weight_tensor()))
+                          validate, out / "checkpoints" / f"{plane}.ckpt", preset.class_weight_tensor())
     return model, history
 
 
@@ -356,8 +359,7 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
         return _validate(lambda v: preds[v.key], volumes)
 
     history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
-                          validate, out / "checkpoints" / "fusion.ckpt",
-                          PartialDiceCELoss(class_weights=preset.class_weight_tensor()))
+                          validate, out / "checkpoints" / "fusion.ckpt", preset.class_weight_tensor())
     return model, history
 
 
