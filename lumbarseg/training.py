@@ -53,7 +53,9 @@ class TrainingPreset:
     labelled_slice_fraction: float  # share of slices drawn among those with labels
     augment_probability: float
     phantoms: dict  # {"train": n, "fusion": n, "seed": s}
-    fusion: dict  # {"epochs", "iterations_per_epoch", "patch", "batch_size", "learning_rate"}
+    # {"epochs", "iterations_per_epoch", "patch", "batch_size", "learning_rate"} and optionally
+    # "balance_sets": draw patches set by set (as the planes draw slices), not study by study.
+    fusion: dict
     seed: int
     # How often a set is drawn relative to the others (default 1 each); phantoms carry the only
     # hernia, sacrum and spinous-process labels, so the lite preset draws them more often.
@@ -95,12 +97,17 @@ def load_split(path: Path = SPLIT) -> dict[str, dict[str, list[str]]]:
     return json.loads(path.read_text())["sets"]
 
 
+def subject_unit(set_name: str, subject: str) -> str:
+    """The subject a study belongs to: ivdm3seg crops (``A1_volume3``) are several per subject."""
+    return subject.split("_")[0] if set_name == "ivdm3seg_crops" else subject
+
+
 def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
     """``train``, ``fusion`` or ``holdout`` for a manifest row; sets the split does not name train."""
     groups = split.get(entry.set)
     if groups is None:
         return "train"
-    unit = entry.subject.split("_")[0] if entry.set == "ivdm3seg_crops" else entry.subject
+    unit = subject_unit(entry.set, entry.subject)
     for group in GROUPS:
         if unit in groups[group]:
             return group
@@ -150,6 +157,23 @@ def _by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[datasets.T
     return groups
 
 
+class _SetDraw:
+    """Draws the index of a training study: a set (uniformly, or by the preset's
+    ``set_weights``, so a 40-subject set does not drown a 5-subject one), then a study in it."""
+
+    def __init__(self, volumes: list[datasets.TrainingVolume], preset: TrainingPreset):
+        self.sets: dict[str, list[int]] = {}
+        for j, v in enumerate(volumes):
+            self.sets.setdefault(v.key.split("/")[0], []).append(j)
+        self.names = sorted(self.sets)
+        weights = np.array([preset.set_weights.get(name, 1.0) for name in self.names], float)
+        self.probabilities = weights / weights.sum() if preset.set_weights else None
+
+    def __call__(self, rng: np.random.Generator) -> int:
+        pool = self.sets[self.names[rng.choice(len(self.names), p=self.probabilities)]]
+        return pool[rng.integers(len(pool))]
+
+
 def _window(n: int, size: int, rng: np.random.Generator, keep: int | None = None) -> tuple[slice, slice]:
     """A random ``size``-long window over an axis of length ``n``: (source, destination) slices.
     Longer axes are cropped (around index ``keep`` when given); shorter ones are placed at a
@@ -165,8 +189,7 @@ def _window(n: int, size: int, rng: np.random.Generator, keep: int | None = None
 class SliceDataset(Dataset):
     """``iterations * batch_size`` random training slices of one plane for one epoch.
 
-    Each item draws a set (uniformly, or by the preset's ``set_weights``, so a 40-subject set
-    does not drown a 5-subject one), a study in it, and a slice: through a voxel of a randomly
+    Each item draws a study (:class:`_SetDraw`) and a slice: through a voxel of a randomly
     drawn labelled class (``class_centred_fraction``), else mostly among slices with labels;
     crops or pads it to the preset's input size, augments it, and returns ``image (3, S, S)``
     and ``allowed (K, S, S)``.
@@ -174,17 +197,15 @@ class SliceDataset(Dataset):
     """
 
     def __init__(self, volumes: list[datasets.TrainingVolume], plane: str, preset: TrainingPreset, epoch: int):
-        self.sets = _by_set(volumes)
-        self.names = sorted(self.sets)
-        weights = np.array([preset.set_weights.get(name, 1.0) for name in self.names], float)
-        self.set_probabilities = weights / weights.sum() if preset.set_weights else None
+        self.volumes = volumes
+        self.draw = _SetDraw(volumes, preset)
         self.plane = plane
         self.preset = preset
         self.epoch = epoch
         axis = planes.NORMAL_AXIS[plane]
         other = tuple(a for a in range(3) if a != axis)
         self.labelled = {v.key: np.flatnonzero(((v.target > 0) & (v.target != datasets.IGNORE)).any(axis=other))
-                         for vs in self.sets.values() for v in vs}
+                         for v in volumes}
         self.augment = paper_augmentations(prob=preset.augment_probability)
 
     def __len__(self) -> int:
@@ -194,8 +215,7 @@ class SliceDataset(Dataset):
         rng = np.random.default_rng([self.preset.seed, self.epoch, i, planes.PLANES.index(self.plane)])
         # Presets without set_weights or class_centred_fraction draw nothing for them, so their
         # random stream (and the weights trained with it) stays what it was before both existed.
-        pool = self.sets[self.names[rng.choice(len(self.names), p=self.set_probabilities)]]
-        volume = pool[rng.integers(len(pool))]
+        volume = self.volumes[self.draw(rng)]
         labelled = self.labelled[volume.key]
         axis = planes.NORMAL_AXIS[self.plane]
         keep = (None, None)
@@ -315,13 +335,14 @@ class PatchDataset(Dataset):
 
     def __init__(self, inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset, epoch: int):
         self.inputs, self.volumes, self.preset, self.epoch = inputs, volumes, preset, epoch
+        self.draw = _SetDraw(volumes, preset) if preset.fusion.get("balance_sets") else None
 
     def __len__(self) -> int:
         return self.preset.fusion["iterations_per_epoch"] * self.preset.fusion["batch_size"]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.preset.seed, self.epoch, i, 99])
-        j = int(rng.integers(len(self.volumes)))
+        j = self.draw(rng) if self.draw else int(rng.integers(len(self.volumes)))
         volume, x = self.volumes[j], self.inputs[j]
         p = self.preset.fusion["patch"]
         src, dst = zip(*(_window(n, p, rng) for n in volume.shape))
@@ -333,17 +354,27 @@ class PatchDataset(Dataset):
         return torch.from_numpy(patch), torch.from_numpy(allowed)
 
 
+def fusion_inputs(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume]) -> list[np.ndarray]:
+    """Per volume, the fusion's input (float16) from the plane networks' predictions of it."""
+    inputs = []
+    for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
+        probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
+        inputs.append(planes.fusion_input(probs, volume.shape, tissues.NUM_TISSUES).astype(np.float16))
+    return inputs
+
+
 def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
                  preset: TrainingPreset, out: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """The fusion learns on the plane networks' predictions of subjects they never trained on."""
     if not volumes:
         raise StudyError(out, "no fusion-group studies: the fusion learns on out-of-fold predictions, so it needs "
                               "subjects the plane networks do not train on")
-    k = tissues.NUM_TISSUES
-    inputs = []
-    for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
-        probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
-        inputs.append(planes.fusion_input(probs, volume.shape, k).astype(np.float16))
+    return fit_fusion(fusion_inputs(plane_models, volumes), volumes, preset, out / "checkpoints" / "fusion.ckpt", init)
+
+
+def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset,
+               checkpoint: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """Train the fusion on precomputed inputs (:func:`fusion_inputs`) of ``volumes``."""
     model = _network("fusion", preset, init)
     f = preset.fusion
 
@@ -359,7 +390,7 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
         return _validate(lambda v: preds[v.key], volumes)
 
     history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
-                          validate, out / "checkpoints" / "fusion.ckpt", preset.class_weight_tensor())
+                          validate, checkpoint, preset.class_weight_tensor())
     return model, history
 
 

@@ -13,7 +13,7 @@ from lumbarseg import cli, datasets, io, phantom, tissues
 from lumbarseg.evaluation import evaluate
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
-from lumbarseg.training import REPO, SliceDataset, TrainingPreset, train
+from lumbarseg.training import REPO, PatchDataset, SliceDataset, TrainingPreset, train
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,22 @@ def test_set_weights_set_how_often_each_set_is_drawn():
         drawn = [float(data[i][0].max()) for i in range(len(data))]
         assert set(drawn) == {1.0, 2.0}
         assert abs(drawn.count(2.0) / len(drawn) - share) < 0.07
+
+
+def test_fusion_patches_are_drawn_study_by_study_or_set_by_set():
+    target = np.zeros((8, 8, 8), np.uint8)
+    volumes = [datasets.TrainingVolume(key, np.zeros((3, 8, 8, 8), np.float32), target,
+                                       datasets.class_extents(target, set()), 1.0)
+               for key in ("real/a", "phantom/b", "phantom/c")]
+    channels = 3 * (tissues.NUM_TISSUES + 1)
+    inputs = [np.full((channels, 8, 8, 8), value, np.float16) for value in (1.0, 2.0, 3.0)]
+    preset = TrainingPreset.load("smoke")
+    for balance, real_share in ((False, 1 / 3), (True, 1 / 2)):
+        fusion = {**preset.fusion, "patch": 8, "batch_size": 1, "iterations_per_epoch": 600, "balance_sets": balance}
+        data = PatchDataset(inputs, volumes, replace(preset, fusion=fusion), epoch=0)
+        drawn = [float(data[i][0].max()) for i in range(len(data))]
+        assert set(drawn) == {1.0, 2.0, 3.0}
+        assert abs(drawn.count(1.0) / len(drawn) - real_share) < 0.06
 
 
 def test_class_centred_slices_show_a_rare_class_in_their_crop():
