@@ -248,7 +248,7 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _validate(predict, volumes: list[datasets.TrainingVolume]) -> dict[str, float]:
+def validation_dice(predict, volumes: list[datasets.TrainingVolume]) -> dict[str, float]:
     """Mean Dice per annotated class over validation volumes (``predict``: volume -> class map)."""
     scores: dict[str, list[float]] = {}
     for volume in volumes:
@@ -299,7 +299,7 @@ def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr:
     return history
 
 
-def _network(name: str, preset: TrainingPreset, init: Path | None) -> torch.nn.Module:
+def network(name: str, preset: TrainingPreset, init: Path | None) -> torch.nn.Module:
     """A plane network or the fusion, seeded (initial weights and dropout), or starting from
     the weights folder ``init`` (fine-tuning)."""
     torch.manual_seed(preset.seed + (*planes.PLANES, "fusion").index(name))
@@ -314,7 +314,7 @@ def _network(name: str, preset: TrainingPreset, init: Path | None) -> torch.nn.M
 
 def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], preset: TrainingPreset,
                 out: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    model = _network(plane, preset, init)
+    model = network(plane, preset, init)
 
     def loader(epoch: int) -> DataLoader:
         return DataLoader(SliceDataset(volumes["train"], plane, preset, epoch), batch_size=preset.batch_size)
@@ -323,7 +323,7 @@ def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], p
     checks = [v for vs in _by_set(volumes["fusion"]).values() for v in vs[:2]]
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
-        return _validate(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
+        return validation_dice(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
 
     history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
                           validate, out / "checkpoints" / f"{plane}.ckpt", preset.class_weight_tensor())
@@ -375,7 +375,7 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
 def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset,
                checkpoint: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Train the fusion on precomputed inputs (:func:`fusion_inputs`) of ``volumes``."""
-    model = _network("fusion", preset, init)
+    model = network("fusion", preset, init)
     f = preset.fusion
 
     def loader(epoch: int) -> DataLoader:
@@ -387,7 +387,7 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
             m.eval()
             preds = {v.key: m(torch.from_numpy(x.astype(np.float32))[None])[0].argmax(0).numpy()
                      for v, x in zip(volumes, inputs)}
-        return _validate(lambda v: preds[v.key], volumes)
+        return validation_dice(lambda v: preds[v.key], volumes)
 
     history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
                           validate, checkpoint, preset.class_weight_tensor())
@@ -441,11 +441,11 @@ def train(preset: TrainingPreset, data_dirs: list[Path], out: Path, *, init: Pat
         if plane in networks:
             plane_models[plane], histories[plane] = train_plane(plane, volumes, preset, out, init)
         else:
-            plane_models[plane] = _network(plane, preset, init)
+            plane_models[plane] = network(plane, preset, init)
     if "fusion" in networks:
         fusion, histories["fusion"] = train_fusion(plane_models, volumes["fusion"], preset, out, init)
     else:
-        fusion = _network("fusion", preset, init)
+        fusion = network("fusion", preset, init)
     minutes = (time.perf_counter() - began) / 60
     info = {
         "preset": preset.model, "spacing_mm": preset.spacing_mm, "training": asdict(preset),
