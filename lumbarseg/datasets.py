@@ -148,7 +148,8 @@ def allowed_classes(target: np.ndarray, extent: np.ndarray, z: np.ndarray, regio
 
 
 def save_volume(volume: TrainingVolume, path: Path) -> None:
-    np.savez(path, key=volume.key, image=volume.image.astype(np.float16), target=volume.target,
+    # float32 as prepared: a rerun reading the cache must see what the first run trained on.
+    np.savez(path, key=volume.key, image=volume.image.astype(np.float32), target=volume.target,
              extent=volume.extent, spacing=volume.spacing)
 
 

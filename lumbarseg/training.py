@@ -36,7 +36,7 @@ from lumbarseg.networks.plane_net import plane_net
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "configs" / "data" / "split.json"
 GROUPS = ("train", "fusion", "holdout")
-CACHE_VERSION = 2  # bump when datasets.prepare changes what a cached volume holds
+CACHE_VERSION = 3  # bump when datasets.prepare or save_volume changes what a cached volume holds
 log = logging.getLogger("lumbarseg.train")
 
 
