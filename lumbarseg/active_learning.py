@@ -42,7 +42,7 @@ from lumbarseg.evaluation import study_dice
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Study, StudyError
 from lumbarseg.pipeline import Segmenter, segment_series
-from lumbarseg.training import GROUPS, TrainingPreset, group_of, load_split, train
+from lumbarseg.training import GROUPS, UNSEEN, TrainingPreset, group_of, load_split, train
 
 STRATEGIES = ("disagreement", "random", "epistemic")
 REPORTED = ("disc", "vertebral_body")  # the classes the real sets label; "mean" is their mean
@@ -120,12 +120,10 @@ def round_split(entries: list[manifest.ManifestEntry], labelled: list[str]) -> d
         group = "holdout" if e.key not in labelled else "fusion" if e.key in fusion else "train"
         split.setdefault(e.set, {g: [] for g in GROUPS})[group].append(e.subject)
     for e in entries:  # group_of is what training reads: it must see each study where we put it
-        try:
-            group_of(e, split)
-        except StudyError:
+        if group_of(e, split) == UNSEEN:
             raise StudyError(e.image.parent, f"set {e.set!r} is split by a unit larger than one study "
                                              "(configs/data/split.json); active learning picks single "
-                                             "studies, so leave that set out") from None
+                                             "studies, so leave that set out")
     return split
 
 
@@ -148,7 +146,7 @@ def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, 
                                   f"planes, one the fusion); got {rounds}, {per_round}, {initial}")
     split = load_split() if split is None else split
     entries = [e for d in data_dirs for e in manifest.read_manifest(d) if e.label is not None]
-    pool = sorted(e.key for e in entries if group_of(e, split) != "holdout")
+    pool = sorted(e.key for e in entries if group_of(e, split) in ("train", "fusion"))
     holdout = [e for e in entries if group_of(e, split) == "holdout"]
     if not holdout:
         raise StudyError(", ".join(map(str, data_dirs)), "no holdout studies to evaluate on: the split names no "

@@ -39,7 +39,7 @@ def _labelled(label, structures: dict[int, str]) -> str:
 
     names = [structures.get(int(v), f"{int(v)}=?") for v in np.unique(label) if v]
     known = [n for n in names if tissues.is_known_structure(n)]
-    parts = [f"{len({tissues.tissue_of(n).name for n in known})} classes"]
+    parts = [f"{len({t.name for n in known for t in tissues.classes_of(n)} - {'background'})} classes"]
     for kind, order in (("discs", tissues.DISC_LEVELS), ("bodies", tissues.VERTEBRAE)):
         found = [n for n in order if n in known]
         if found:
@@ -88,7 +88,8 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
-    model = train(TrainingPreset.load(args.preset), [Path(d) for d in args.data], out)
+    model = train(TrainingPreset.load(args.preset), [Path(d) for d in args.data], out,
+                  init=Path(args.init) if args.init else None)
     print(f"weights: {model}")
     return 0
 
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="data folders with a manifest.csv")
     p.add_argument("--preset", default="lite", help="training preset: a name in configs/training or a JSON path")
     p.add_argument("--out", required=True, help="run folder: checkpoints, cache, log, learning curves, model/")
+    p.add_argument("--init", metavar="WEIGHTS", help="start every network from this weights folder (a warm start, "
+                                                     "e.g. weights/lite), not from random weights")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("evaluate", help="Dice per class, per subject and per level for each plane and the ensemble",

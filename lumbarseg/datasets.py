@@ -60,27 +60,43 @@ class TrainingVolume:
         return {int(k): np.argwhere(self.target == k).astype(np.int16) for k in present}
 
 
+def _code_allows() -> np.ndarray:
+    table = np.zeros((IGNORE + 1, tissues.NUM_TISSUES), bool)
+    table[: tissues.NUM_TISSUES] = np.eye(tissues.NUM_TISSUES, dtype=bool)
+    for name, code in tissues.PARTIAL_CODES.items():
+        table[code, [t.index for t in tissues.classes_of(name)]] = True
+    table[IGNORE] = True
+    return table
+
+
+# ``(256, K)`` bool: the classes a value of a tissue-class map allows (a class itself, the members
+# of a partial name's code, every class for IGNORE).
+CODE_ALLOWS = _code_allows()
+
+
 def tissue_target(label: np.ndarray, structures: dict[int, str]) -> np.ndarray:
-    """Study label values -> tissue class indices. Values the table does not name are not
+    """Study label values -> tissue class indices (partial names -> their
+    :data:`~lumbarseg.tissues.PARTIAL_CODES`). Values the table does not name are not
     annotated structures; they become :data:`IGNORE`."""
     lut = np.full(max(int(label.max()), max(structures, default=0)) + 1, IGNORE, np.uint8)
     lut[0] = 0
     for value, name in structures.items():
-        lut[value] = tissues.tissue_of(name).index
+        lut[value] = tissues.PARTIAL_CODES[name] if name in tissues.PARTIAL else tissues.tissue_of(name).index
     return lut[label]
 
 
 def class_extents(target: np.ndarray, annotated: set[int]) -> np.ndarray:
     """Per tissue class, the z-index range (canonical axis 2, inferior->superior) where it is
-    annotated: for the :data:`BY_LEVEL` classes that of their labelled voxels, for other
-    annotated classes all of it; classes the set does not annotate get an empty range.
-    Background counts as annotated wherever any class is."""
+    annotated: for the :data:`BY_LEVEL` classes that of the voxels labelled as (possibly) that
+    class, for other annotated classes all of it; classes the set does not annotate get an empty
+    range. Background counts as annotated wherever any class is."""
     extent = np.tile(np.array([[1, 0]]), (tissues.NUM_TISSUES, 1))
     for k in annotated:
         if k not in BY_LEVEL:
             extent[k] = (0, target.shape[2] - 1)
             continue
-        z = np.flatnonzero((target == k).any(axis=(0, 1)))
+        codes = np.flatnonzero(CODE_ALLOWS[:IGNORE, k])
+        z = np.flatnonzero(np.isin(target, codes).any(axis=(0, 1)))
         if z.size:
             extent[k] = (z[0], z[-1])
     return extent
@@ -98,7 +114,7 @@ def prepare(study: Study, spacing: float) -> TrainingVolume:
     size = planes.grid_size(canonical, spacing)
     image = planes.resample(image, size, "trilinear")
     target = planes.resample(target[None], size, "nearest")[0]
-    annotated = {tissues.tissue_of(name).index for name in study.structures.values()}
+    annotated = {t.index for name in study.structures.values() for t in tissues.classes_of(name)}
     return TrainingVolume(
         key=f"{study.set}/{study.subject}", image=image, target=target,
         extent=class_extents(target, annotated), spacing=spacing,
@@ -134,16 +150,16 @@ def allowed_classes(target: np.ndarray, extent: np.ndarray, z: np.ndarray, regio
 
     ``target`` is a slice (or volume) of tissue classes, ``z`` the canonical z index of each of
     its voxels (broadcastable), ``region`` the matching part of :func:`spine_region` (None:
-    everywhere). A labelled voxel allows only its class; a voxel labelled 0 allows background
-    and, inside the region, every class not annotated at its height; :data:`IGNORE` allows all.
+    everywhere). A labelled voxel allows only its class (a partial name's code: its classes); a
+    voxel labelled 0 allows background and, inside the region, every class not annotated at its
+    height; :data:`IGNORE` allows all.
     """
-    k = np.arange(tissues.NUM_TISSUES).reshape(-1, *([1] * target.ndim))
-    known = (extent[:, 0].reshape(k.shape) <= z) & (z <= extent[:, 1].reshape(k.shape))
-    allowed = np.where(target == 0, ~known, target == k)
+    shape = (-1, *([1] * target.ndim))
+    known = (extent[:, 0].reshape(shape) <= z) & (z <= extent[:, 1].reshape(shape))
+    allowed = np.where(target == 0, ~known, np.moveaxis(CODE_ALLOWS[target], -1, 0))
     if region is not None:
         allowed[1:] &= region | (target != 0)
     allowed[0] |= target == 0
-    allowed |= target == IGNORE
     return allowed
 
 

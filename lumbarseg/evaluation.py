@@ -3,7 +3,8 @@
 Scoring rule (see :mod:`lumbarseg.metrics`): each class only within the superior-inferior
 extent, in patient space, of its labelled voxels in the study; classes a set does not name are
 not scored. Studies of sets in ``configs/data/split.json`` are evaluated on their ``holdout``
-subjects only (unless ``all_subjects``); sets the split does not know are evaluated whole.
+subjects, and on subjects the split does not place (new studies of a known set, ``unseen``),
+unless ``all_subjects``; sets the split does not know are evaluated whole.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lumbarseg.datasets import tissue_target
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Series, Study, StudyError
 from lumbarseg.pipeline import Segmenter
-from lumbarseg.training import group_of, load_split
+from lumbarseg.training import UNSEEN, group_of, load_split
 
 MODELS = (*planes.PLANES, "ensemble")
 RULE = ("each class is scored only within the superior-inferior extent (patient space) of its labelled voxels "
@@ -37,7 +38,7 @@ def study_dice(prediction: np.ndarray, study: Study) -> dict[str, float]:
     """Dice per annotated class of one tissue-class prediction on a labelled study's primary
     series, by the scoring rule above (:data:`RULE`)."""
     series = study.primary
-    annotated = {tissues.tissue_of(n).index for n in study.structures.values()}
+    annotated = {t.index for n in study.structures.values() for t in tissues.classes_of(n)}
     return metrics.dice_per_class(prediction, tissue_target(series.label, study.structures), patient_z(series), annotated)
 
 
@@ -46,13 +47,20 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
 
+def evaluated_entries(data: str | Path, *, all_subjects: bool = False) -> list[manifest.ManifestEntry]:
+    """The studies of a data folder that the scoring rule above evaluates."""
+    split = load_split()
+    entries = [e for e in manifest.read_manifest(data)
+               if all_subjects or e.set not in split or group_of(e, split) in ("holdout", UNSEEN)]
+    if not entries:
+        raise StudyError(data, "no studies to evaluate (every subject is in a training group; use --all-subjects)")
+    return entries
+
+
 def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = False) -> dict:
     segmenter = Segmenter.load(weights)
     split = load_split()
-    entries = [e for e in manifest.read_manifest(data)
-               if all_subjects or e.set not in split or group_of(e, split) == "holdout"]
-    if not entries:
-        raise StudyError(data, "no studies to evaluate (every subject is in a training group; use --all-subjects)")
+    entries = evaluated_entries(data, all_subjects=all_subjects)
     subjects = []
     for entry in tqdm(entries, desc="evaluating", unit="study"):
         study = manifest.load_entry(entry)

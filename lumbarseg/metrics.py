@@ -31,13 +31,22 @@ def scored_region(truth: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 def dice_per_class(pred: np.ndarray, target: np.ndarray, z: np.ndarray, annotated: set[int]) -> dict[str, float]:
     """Dice per annotated tissue class (indices into ``tissues.TISSUES``) on class maps, each
-    within its scored region; classes with no labelled voxel in this study are left out."""
+    within its scored region; classes with no labelled voxel in this study are left out. A
+    partial name's voxels in ``target`` (:data:`~lumbarseg.tissues.PARTIAL_CODES`) are scored
+    under that name against the union of the foreground classes it names (``vertebra``: body,
+    articular and spinous process predicted)."""
     scores = {}
     for k in sorted(annotated - {0}):
         truth = target == k
         region = scored_region(truth, z)
         if region.any():
             scores[tissues.TISSUE_NAMES[k]] = dice((pred == k) & region, truth)
+    for name, code in tissues.PARTIAL_CODES.items():
+        truth = target == code
+        region = scored_region(truth, z)
+        if region.any():
+            members = [t.index for t in tissues.classes_of(name) if t.index]
+            scores[name] = dice(np.isin(pred, members) & region, truth)
     return scores
 
 
@@ -49,9 +58,9 @@ def dice_per_level(pred: np.ndarray, label: np.ndarray, structures: dict[int, st
     neighbour), within the class's scored region.
     """
     scores = {}
-    for k in {tissues.tissue_of(n).index for n in structures.values()}:
-        levels = {v: n for v, n in structures.items() if tissues.tissue_of(n).index == k
-                  and n in (*tissues.DISC_LEVELS, *tissues.VERTEBRAE)}
+    named = {v: n for v, n in structures.items() if n in (*tissues.DISC_LEVELS, *tissues.VERTEBRAE)}
+    for k in {tissues.tissue_of(n).index for n in named.values()}:
+        levels = {v: n for v, n in named.items() if tissues.tissue_of(n).index == k}
         instances = np.where(np.isin(label, list(levels)), label, 0)
         if not instances.any():
             continue

@@ -11,7 +11,9 @@ Two encodings, both defined here and nowhere else:
 
 Label maps from elsewhere (the shared data sets) come with their own value -> name table (the
 manifest's ``structures`` column); names are the same vocabulary, so :func:`tissue_of` reads
-them too.
+them too. Two names other sets use are not one of our classes as such (SPIDER's):
+``spinal_canal`` is an alias (:data:`ALIASES`) and ``vertebra`` a *partial* label
+(:data:`PARTIAL`): the voxel is one of several classes, :func:`classes_of` says which.
 """
 
 from __future__ import annotations
@@ -65,8 +67,27 @@ STUDY_LABELS: dict[int, str] = _study_labels()
 STUDY_VALUES: dict[str, int] = {name: value for value, name in STUDY_LABELS.items()}
 
 
+# Another set's name for one of our classes. SPIDER's spinal canal label is the T2-bright
+# content of the thecal sac, bounded by the dura: the paper's dural sac, the area stenosis is
+# graded on (the bony canal around it, with fat and ligamentum flavum, is not what it labels).
+ALIASES: dict[str, str] = {"spinal_canal": "dural_sac"}
+# Names that cover several classes: a voxel so labelled is one of them, not which one. SPIDER's
+# whole vertebra is body, articular and spinous processes, and the pedicles and laminae, which
+# this schema has no class for (phantoms leave them as unlabelled bone): background here.
+PARTIAL: dict[str, tuple[str, ...]] = {
+    "vertebra": ("vertebral_body", "articular_process", "spinous_process", "background"),
+}
+# In tissue-class maps (training targets, scored truth) a partial name gets a value after the
+# classes: the voxel is one of PARTIAL[name].
+PARTIAL_CODES: dict[str, int] = {name: NUM_TISSUES + i for i, name in enumerate(PARTIAL)}
+
+
 def tissue_of(name: str) -> Tissue:
-    """The tissue class a structure name denotes: a class name, a disc level or a vertebra."""
+    """The tissue class a structure name denotes: a class name (or :data:`ALIASES`), a disc
+    level or a vertebra by level. Partial names (:data:`PARTIAL`) denote no single class."""
+    if name in PARTIAL:
+        raise KeyError(f"{name!r} covers several tissue classes {PARTIAL[name]}; use classes_of")
+    name = ALIASES.get(name, name)
     if name in DISC_LEVELS:
         return TISSUES[1]
     if name == "S1":
@@ -79,9 +100,17 @@ def tissue_of(name: str) -> Tissue:
     raise KeyError(f"unknown structure name {name!r}; expected a tissue class, disc level or vertebra")
 
 
+def classes_of(name: str) -> tuple[Tissue, ...]:
+    """The tissue classes a structure name allows: one for a class, level or alias, several for
+    a partial name."""
+    if name in PARTIAL:
+        return tuple(TISSUES[TISSUE_NAMES.index(n)] for n in PARTIAL[name])
+    return (tissue_of(name),)
+
+
 def is_known_structure(name: str) -> bool:
     try:
-        tissue_of(name)
+        classes_of(name)
     except KeyError:
         return False
     return True

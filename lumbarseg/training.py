@@ -36,6 +36,7 @@ from lumbarseg.networks.plane_net import plane_net
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "configs" / "data" / "split.json"
 GROUPS = ("train", "fusion", "holdout")
+UNSEEN = "unseen"  # a subject of a split set that no group names (see group_of)
 CACHE_VERSION = 3  # bump when datasets.prepare or save_volume changes what a cached volume holds
 log = logging.getLogger("lumbarseg.train")
 
@@ -103,7 +104,10 @@ def subject_unit(set_name: str, subject: str) -> str:
 
 
 def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
-    """``train``, ``fusion`` or ``holdout`` for a manifest row; sets the split does not name train."""
+    """``train``, ``fusion`` or ``holdout`` for a manifest row; sets the split does not name train.
+    A subject of a set the split names but not in any of its groups is ``unseen``: new studies
+    from a known source (say, the evaluation subjects kept back from ../shared/data), never
+    trained on, scored like holdout."""
     groups = split.get(entry.set)
     if groups is None:
         return "train"
@@ -111,7 +115,7 @@ def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
     for group in GROUPS:
         if unit in groups[group]:
             return group
-    raise StudyError(manifest.manifest_path(entry.image.parent), f"{entry.key} is in no group of {SPLIT}")
+    return UNSEEN
 
 
 def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datasets.TrainingVolume:
@@ -135,6 +139,10 @@ def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
     split = load_split() if split is None else split
     out: dict[str, list[datasets.TrainingVolume]] = {"train": [], "fusion": []}
     entries = [e for d in data_dirs for e in manifest.read_manifest(d)]
+    unseen = [e.key for e in entries if group_of(e, split) == UNSEEN]
+    if unseen:
+        log.warning("not training on %d studies the split does not place (%s%s): add them to a group to use them",
+                    len(unseen), ", ".join(unseen[:5]), ", ..." if len(unseen) > 5 else "")
     for entry in tqdm(entries, desc="preparing studies", unit="study"):
         group = group_of(entry, split)
         if group in out:

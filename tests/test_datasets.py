@@ -159,3 +159,38 @@ def test_tissues_not_labelled_by_level_are_known_at_every_height():
     allowed = datasets.allowed_classes(target, extent, np.arange(10).reshape(1, 1, 10))
     assert tuple(extent[hernia]) == (0, 9)
     assert not allowed[hernia, 0, 0, 8:].any() and allowed[DISC, 0, 0, 8]
+
+
+def test_a_whole_vertebra_label_allows_its_classes_and_scores_as_their_union():
+    # SPIDER's `vertebra` covers body, articular and spinous process and the pedicles/laminae
+    # (background in this schema); `spinal_canal` is the dural sac
+    structures = {1: "disc", 2: "vertebra", 3: "spinal_canal"}
+    label = np.zeros((1, 1, 10), np.uint8)
+    label[..., 2:4], label[..., 5], label[..., 7] = 2, 1, 3
+    target = datasets.tissue_target(label, structures)
+    vertebra = tissues.PARTIAL_CODES["vertebra"]
+    sac, ap = tissues.TISSUE_NAMES.index("dural_sac"), tissues.TISSUE_NAMES.index("articular_process")
+    assert target[0, 0].tolist() == [0, 0, vertebra, vertebra, 0, DISC, 0, sac, 0, 0]
+    annotated = {t.index for n in structures.values() for t in tissues.classes_of(n)}
+    extent = datasets.class_extents(target, annotated)
+    assert tuple(extent[VB]) == (2, 3)  # by level: where the vertebra label is
+    allowed = datasets.allowed_classes(target, extent, np.arange(10).reshape(1, 1, 10))
+    members = {t.index for t in tissues.classes_of("vertebra")}
+    assert {k for k in range(tissues.NUM_TISSUES) if allowed[k, 0, 0, 2]} == members
+    assert not allowed[ap, 0, 0, 4] and not allowed[sac, 0, 0, 4]  # a 0 voxel: not vertebra, not sac
+    # scoring: a body + spinous process prediction of the vertebra voxels is a perfect vertebra
+    pred = np.zeros_like(target)
+    pred[..., 2], pred[..., 3] = VB, tissues.TISSUE_NAMES.index("spinous_process")
+    from lumbarseg import metrics
+
+    scores = metrics.dice_per_class(pred, target, np.arange(10).reshape(1, 1, 10), annotated)
+    assert scores["vertebra"] == 1.0 and scores["disc"] == 0.0 and scores["dural_sac"] == 0.0
+    assert "vertebral_body" not in scores  # no voxel is surely body: not scored alone
+
+
+def test_spider_volume_prepares_with_canal_and_vertebra_targets(shared_data):
+    entry = next(e for e in manifest.read_manifest(shared_data / "spider_t2_space") if e.subject == "5")
+    volume = datasets.prepare(manifest.load_entry(entry), 1.5)
+    values = set(np.unique(volume.target).tolist())
+    assert {0, DISC, tissues.TISSUE_NAMES.index("dural_sac"), tissues.PARTIAL_CODES["vertebra"]} <= values
+    assert volume.extent[VB][0] <= volume.extent[VB][1]

@@ -14,9 +14,19 @@ def test_study_labels_name_every_level_and_vertebra_once():
 
 
 @pytest.mark.parametrize("name, tissue", [("L5-S1", "disc"), ("T11", "vertebral_body"), ("S1", "sacrum"),
-                                          ("dural_sac", "dural_sac"), ("hernia", "hernia")])
+                                          ("dural_sac", "dural_sac"), ("hernia", "hernia"),
+                                          ("spinal_canal", "dural_sac")])
 def test_tissue_of(name, tissue):
     assert tissues.tissue_of(name).name == tissue
+
+
+def test_a_partial_name_allows_several_classes_and_is_no_single_tissue():
+    assert [t.name for t in tissues.classes_of("vertebra")] == list(tissues.PARTIAL["vertebra"])
+    assert tissues.parse_structures("1=disc;2=vertebra;3=spinal_canal") == {1: "disc", 2: "vertebra", 3: "spinal_canal"}
+    with pytest.raises(KeyError, match="several tissue classes"):
+        tissues.tissue_of("vertebra")
+    assert min(tissues.PARTIAL_CODES.values()) >= tissues.NUM_TISSUES
+    assert max(tissues.PARTIAL_CODES.values()) < tissues.IGNORE
 
 
 def test_structures_round_trip_and_errors():

@@ -67,6 +67,27 @@ def test_evaluate_reports_every_model_per_class(trained, phantom_data, tmp_path)
     assert "L5-S1" in results["per_level"]["ensemble"]
 
 
+def test_new_subjects_of_a_split_set_are_scored_as_unseen_and_never_trained_on(trained, phantom_data, tmp_path):
+    # new studies from a known source (a set the split names, subjects it does not) are unseen data
+    from lumbarseg.io import manifest
+
+    entries = []
+    for i, e in enumerate(manifest.read_manifest(phantom_data)):
+        for path in (e.image, e.label):
+            (tmp_path / path.name).symlink_to(path)
+        entries.append(replace(e, set="lumbar_vb_t2", subject=f"new{i}", image=tmp_path / e.image.name,
+                               label=tmp_path / e.label.name))
+    manifest.write_manifest(tmp_path, entries)
+    results = evaluate(trained[1], tmp_path)
+    assert results["subjects_evaluated"] == 2 and {s["group"] for s in results["subjects"]} == {"unseen"}
+    assert evaluate(trained[1], tmp_path, all_subjects=True)["subjects_evaluated"] == 2
+    from lumbarseg.training import collect_volumes
+
+    volumes = collect_volumes([tmp_path], replace(TrainingPreset.load("smoke"), phantoms={"train": 1, "fusion": 0, "seed": 5}),
+                              tmp_path / "cache")
+    assert [v.key.split("/")[0] for v in volumes["train"]] == ["phantom"]  # the one generated phantom only
+
+
 def test_bad_training_input_names_the_file(tmp_path):
     with pytest.raises(StudyError, match="no manifest.csv"):
         train(TrainingPreset.load("smoke"), [tmp_path], tmp_path / "run")
