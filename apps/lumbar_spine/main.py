@@ -30,6 +30,7 @@ from lumbarseg.triton.client import DEFAULT_URL
 from lib.backend import ServedModel
 from lib.configs.lumbar_spine import LumbarSpineConfig, PlaneConfig
 from lib.datastore import CheckedLocalDatastore
+from lib.serving import serve
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "lumbar_spine"
@@ -51,6 +52,13 @@ class LumbarSpineApp(MONAILabelApp):
                          description="Discs, vertebral bodies, dural sac, posterior elements and hernias; levels "
                                      "named from anatomy; findings report per level",
                          version=monailabel.__version__)
+
+    def server_mode(self, mode: bool):
+        """MONAI Label calls this in the server process only: refuse an unauthenticated non-loopback
+        server, fix token checks, move inference off the event loop (``lib.serving``)."""
+        if mode:
+            serve(self.conf)
+        super().server_mode(mode)
 
     def init_infers(self) -> dict:
         return {name: config.infer() for name, config in self.models.items()}

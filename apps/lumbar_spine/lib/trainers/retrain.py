@@ -10,6 +10,12 @@ that finishes is published (:meth:`lib.backend.ServedModel.publish`: exported to
 loaded first with that backend); a run that fails or is stopped leaves the served model as it
 was. MONAI Label runs each train request in its own process, so the server stays responsive.
 
+Multi-contrast studies: each study's channels are counted from its NIfTI header and named as
+the infer tasks name them (``mr0``, ``mr1``, ... in file order: the datastore keeps no contrast
+names), so training and inference feed the same channels to the networks' input slots
+(:func:`lumbarseg.modalities.select_channels`). There is no ``modality`` option: names that the
+infer tasks did not also use would train the networks on other channels than they are served.
+
 Multi-GPU: MONAI Label's ``multi_gpu`` request option is accepted and recorded; the CPU preset
 here trains on one device. On a GPU machine pass a GPU training preset (``preset``).
 """
@@ -21,12 +27,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import nibabel as nib
 from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lumbarseg import tissues
-from lumbarseg.io import manifest
+from lumbarseg.io import manifest, nifti
 from lumbarseg.io.study import StudyError
 from lumbarseg.training import TrainingPreset, train
 
@@ -36,12 +43,33 @@ log = logging.getLogger(__name__)
 DATA_SET = "datastore"
 
 
-def datastore_folder(datastore: Datastore, folder: Path, modality: str) -> Path:
+def channel_count(image: Path) -> int:
+    """Image channels of a NIfTI study, from its header (no voxel is read)."""
+    if not nifti.is_nifti(image):
+        raise HTTPException(status_code=422, detail=f"{image.name}: training reads NIfTI studies only")
+    try:
+        shape = nib.load(str(image)).shape
+    except Exception as err:  # nibabel raises many types for a file that is not NIfTI
+        raise HTTPException(status_code=422, detail=f"{image.name}: not a readable NIfTI file ({err})") from err
+    if len(shape) == 5 and shape[3] == 1:
+        shape = shape[:3] + shape[4:]
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
+def study_modalities(image: Path) -> tuple[str, ...]:
+    """The channel names of ``image``: what :func:`lumbarseg.io.load_study` calls its channels
+    when given no names, as the infer tasks load studies (``mr0``, ``mr1``, ...)."""
+    return tuple(f"mr{i}" for i in range(channel_count(image)))
+
+
+def datastore_folder(datastore: Datastore, folder: Path) -> Path:
     """The datastore's final labels as a data folder (``manifest.csv`` + links to the files);
-    label values are the app's (:data:`lumbarseg.tissues.STUDY_LABELS`)."""
+    label values are the app's (:data:`lumbarseg.tissues.STUDY_LABELS`); channels named by
+    :func:`study_modalities`."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for n, item in enumerate(datastore.datalist()):
+        names = study_modalities(Path(item["image"]))
         links = []
         for key in ("image", "label"):
             source = Path(item[key])
@@ -49,7 +77,7 @@ def datastore_folder(datastore: Datastore, folder: Path, modality: str) -> Path:
             link.unlink(missing_ok=True)
             link.symlink_to(source.resolve())
             links.append(link)
-        entries.append(manifest.ManifestEntry(DATA_SET, f"{n:04d}", links[0], links[1], (modality,),
+        entries.append(manifest.ManifestEntry(DATA_SET, f"{n:04d}", links[0], links[1], names,
                                               dict(tissues.STUDY_LABELS)))
     return manifest.write_manifest(folder, entries).parent
 
@@ -70,7 +98,7 @@ class Retrain(TrainTask):
         self.preset = preset
 
     def config(self) -> dict:
-        return {"preset": self.preset, "modality": "t2w", "multi_gpu": False}
+        return {"preset": self.preset, "multi_gpu": False}  # no "modality": see the module doc
 
     def __call__(self, request, datastore: Datastore) -> dict:
         # Fine-tuning keeps the served model's network preset and spacing, whatever the preset says.
@@ -87,7 +115,7 @@ class Retrain(TrainTask):
                                                         f"{', '.join(self.networks)} needs at least {needed}")
         version = time.strftime("%Y%m%d-%H%M%S")
         run = self.runs / version
-        data = datastore_folder(datastore, run / "data", request.get("modality", "t2w"))
+        data = datastore_folder(datastore, run / "data")
         subjects = [e.subject for e in manifest.read_manifest(data)]
         split = out_of_fold_split(subjects) if "fusion" in self.networks else \
             {DATA_SET: {"train": subjects, "fusion": [], "holdout": []}}
