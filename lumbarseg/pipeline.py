@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lumbarseg import planes, tissues
+from lumbarseg.io import budget
 from lumbarseg.io.study import Series, StudyError
 from lumbarseg.networks.fusion import fusion_net
 from lumbarseg.networks.plane_net import plane_net
@@ -100,6 +101,8 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     (:func:`lumbarseg.planes.network_input`) resampled to ``spacing`` mm isotropic, given to
     ``predict`` (-> per-plane probabilities, possibly empty, and fused probabilities on that
     grid), classes taken on the source grid."""
+    # the grid budget first (reorienting only permutes axes: the same voxel count)
+    budget.check_grid(series.source or series.description or "series", series.shape, series.spacing, spacing)
     canonical = planes.to_canonical(series)
     image = planes.resample(planes.network_input(series), planes.grid_size(canonical, spacing), "trilinear")
     per_plane, fused = predict(image)

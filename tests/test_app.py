@@ -7,6 +7,7 @@ tests check behaviour, not segmentation quality."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -46,8 +47,14 @@ def studies(phantom_studies) -> Path:
 
 @pytest.fixture(scope="module")
 def server(studies, tmp_path_factory):
+    """The app on the phantoms; ``server.tmp`` is its temp folder (``TMPDIR``), where MONAI Label
+    writes uploads."""
     weights = untrained_weights(tmp_path_factory.mktemp("weights"), spacing=4.0)
-    s = Server(tmp_path_factory.mktemp("app"), studies, {}, weights)
+    root = tmp_path_factory.mktemp("app")
+    (root / "tmp").mkdir()
+    s = Server(root, studies, {}, weights,
+               env={"TMPDIR": str(root / "tmp"), "MONAI_LABEL_SESSION_PATH": str(root / "sessions")})
+    s.tmp = root / "tmp"
     yield s
     s.stop()
 
@@ -212,3 +219,274 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> t
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# --- hostile clients (issue 16): names not paths, own uploads only, budgets, 4xx not 500 ---------
+# These run last in the module: some add to or break the shared datastore on purpose, and clean up.
+
+def _send(server, method: str, path: str, files: dict | None = None, fields: dict | None = None,
+          timeout: float = 300) -> tuple[int, dict]:
+    """A multipart request the way MONAI Label's clients send uploads; (status, JSON body)."""
+    body, boundary = _multipart(fields or {}, files or {})
+    req = urllib.request.Request(server.url + path, data=body, method=method,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"raw": raw[:200].decode(errors="replace")}
+
+
+def _nifti(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> bytes:
+    nib.save(nib.Nifti1Image(data, np.diag([*spacing, 1.0])), path)
+    return path.read_bytes()
+
+
+def _gzip_bomb(shape: tuple[int, ...], dtype=np.uint8, extra: int = 0) -> bytes:
+    """A valid .nii.gz declaring ``shape``, all voxels zero, followed by ``extra`` zero bytes: gzip
+    members of 1 MiB of zeros repeated, so a few hundred KB inflate to the full size."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(np.eye(4), code=1)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    head = header.binaryblock + b"\0" * 4
+    chunk = 2**20
+    length = int(np.prod(shape)) * np.dtype(dtype).itemsize + extra  # zero bytes after the header
+    first = min(length, chunk)
+    members = [gzip.compress(head + b"\0" * first)]
+    length -= first
+    members += [gzip.compress(b"\0" * chunk)] * (length // chunk)
+    if length % chunk:
+        members.append(gzip.compress(b"\0" * (length % chunk)))
+    return b"".join(members)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.nii*")) if p.is_file()}
+
+
+def _first_id(studies: Path) -> str:
+    return sorted(p.name.removesuffix(".nii.gz") for p in studies.glob("*.nii.gz"))[0]
+
+
+def test_datastore_writes_stay_inside_the_datastore(server, phantom_studies, tmp_path):
+    """Item 1: an image id or label tag naming a path outside the datastore is refused (4xx),
+    nothing is written outside it (nor through a symbolic link), stored files are intact."""
+    studies, truth = phantom_studies
+    image_id = _first_id(studies)
+    stored = _files(studies)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    image = (studies / f"{image_id}.nii.gz").read_bytes()
+    label = (truth / f"{image_id}.nii.gz").read_bytes()
+    (studies / "labels").mkdir(exist_ok=True)
+    (studies / "labels" / "linked").symlink_to(outside, target_is_directory=True)
+    try:
+        for query, upload in [
+            ("image=../escape_img", ("p.sh", b"#!/bin/sh\necho pwned\n")),
+            ("image=../escape_img", ("x.nii.gz", image)),
+            ("image=..%2F..%2Fescape_img2", ("x.nii.gz", image)),
+            (f"image={urllib.parse.quote(str(outside / 'escape_abs'), safe='')}", ("x.nii.gz", image)),
+            ("image=%2E%2E", ("x.nii.gz", image)),
+        ]:
+            status, body = _send(server, "PUT", f"/datastore/image?{query}", {"file": upload})
+            assert 400 <= status < 500, (query, status, body)
+        for tag in ["../../escape_tag", "..%2F..%2Fescape_tag", "linked", "..", "/tmp"]:
+            status, body = _send(server, "PUT", f"/datastore/label?image={image_id}&tag={tag}",
+                                 {"label": ("l.nii.gz", label)})
+            assert 400 <= status < 500, (tag, status, body)
+        status, body = _send(server, "PUT", "/datastore/label?image=..%2F..%2Fescape&tag=final",
+                             {"label": ("l.nii.gz", label)})
+        assert status == 404, body
+        escaped = [p for p in studies.parent.parent.rglob("escape*")] + list(outside.iterdir())
+        assert escaped == []
+        assert _files(studies) == stored
+        assert server.get("/info/")[0] == 200
+    finally:
+        (studies / "labels" / "linked").unlink()
+
+
+def test_infer_reads_only_the_upload_of_its_own_request(server, studies):
+    """Item 4: a path in the server's temp folder (a file, a symbolic link, a hard link, a file in
+    the upload folder) is an unknown image (404); an upload of the request itself is segmented."""
+    source = studies / f"{_first_id(studies)}.nii.gz"
+    planted = [server.tmp / "other.nii.gz", server.tmp / "link.nii.gz"]
+    planted[0].write_bytes(source.read_bytes())
+    planted[1].symlink_to(source)
+    for folder in server.tmp.glob("lumbarseg-uploads-*"):  # the app's private upload folder
+        (folder / "other.nii.gz").write_bytes(source.read_bytes())
+        (folder / "tmplink0000.nii.gz").symlink_to(source)
+        os.link(planted[0], folder / "tmphard0000.nii.gz")
+        planted += [folder / "other.nii.gz", folder / "tmplink0000.nii.gz", folder / "tmphard0000.nii.gz"]
+    try:
+        for path in planted:
+            status, body = server.post(f"/infer/lumbar_spine?image={urllib.parse.quote(str(path), safe='')}"
+                                       "&output=json")
+            assert status == 404 and "unknown image id" in body["detail"], (path, status, body)
+            # the request's params override its image (MONAI Label merges them last)
+            status, body = _send(server, "POST", f"/infer/lumbar_spine?image={_first_id(studies)}&output=json",
+                                 fields={"params": json.dumps({"image": str(path)})})
+            assert status == 404, (path, status, body)
+        status, body = _send(server, "POST", f"/infer/lumbar_spine?image={_first_id(studies)}&output=json",
+                             fields={"params": json.dumps({"image": [str(planted[0])]})})
+        assert status == 400, body
+        status, body = _send(server, "POST", "/infer/sagittal?output=json",
+                             {"file": ("mine.nii.gz", source.read_bytes())}, {"params": "{}"})
+        assert status == 200 and body["report"]["schema"].startswith("lumbarseg.findings/"), body
+        assert server.get("/info/")[0] == 200
+    finally:
+        for path in planted:
+            path.unlink()
+
+
+def _leftovers(server, before: set[Path], wait: float = 10.0) -> list[Path]:
+    deadline = time.monotonic() + wait
+    while True:
+        left = [p for p in server.tmp.rglob("*") if p.is_file() and p not in before]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def test_refused_uploads_are_deleted(server, phantom_studies, tmp_path):
+    """Item 8: every refused upload (infer, datastore image, datastore label) leaves nothing in
+    the server's temp folder."""
+    studies, truth = phantom_studies
+    image_id = _first_id(studies)
+    before = {p for p in server.tmp.rglob("*") if p.is_file()}
+    garbage = ("g.nii.gz", b"not a nifti file at all" * 1000)
+    wrong = ("w.nii.gz", _nifti(tmp_path / "w.nii.gz", np.ones((5, 6, 7), np.uint8)))
+    label = ("l.nii.gz", (truth / f"{image_id}.nii.gz").read_bytes())
+    status, body = _send(server, "POST", "/infer/lumbar_spine?output=json", {"file": garbage}, {"params": "{}"})
+    assert status == 422, body
+    assert _leftovers(server, before) == []
+    for method, path, files, expected in [
+        ("POST", "/infer/no_such_model?output=json", {"file": label}, 404),
+        ("PUT", "/datastore/image?image=garbage_study", {"file": garbage}, 422),
+        ("PUT", "/datastore/image?image=shell", {"file": ("p.sh", b"#!/bin/sh\n")}, 415),
+        ("PUT", "/datastore/image?image=..%2Fx", {"file": label}, 400),
+        ("PUT", f"/datastore/label?image={image_id}&tag=reviewed", {"label": wrong}, 422),
+        ("PUT", f"/datastore/label?image={image_id}&tag=reviewed", {"label": garbage}, 422),
+        ("PUT", "/datastore/label?image=no_such_image&tag=reviewed", {"label": label}, 404),
+        ("PUT", f"/datastore/label?image={image_id}&tag=..%2Fx", {"label": label}, 400),
+    ]:
+        fields = {"params": "{}"} if method == "POST" else {}
+        status, body = _send(server, method, path, files, fields)
+        assert status == expected, (path, status, body)
+    assert _leftovers(server, before) == []
+    assert server.get("/info/")[0] == 200
+
+
+def _group_memory(pid: int) -> tuple[list[int], int]:
+    """The processes of the server's session (``start_new_session``) and their total RSS (kB)."""
+    pids = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == pid:  # process group
+            pids.append(int(stat_file.parent.name))
+    return pids, sum(_status(p, "VmRSS") for p in pids)
+
+
+def _status(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def test_memory_budgets_refuse_from_the_header_before_reading(server, studies, tmp_path):
+    """Item 9: a 10 m voxel, a grid too large at the model spacing, a header over the voxel
+    budget, a gzip bomb: 422 with the reason, and the server's memory does not grow by what the
+    header declares (peak RSS reset before, read after)."""
+    image_id = _first_id(studies)
+    cases = [
+        ("huge_spacing.nii.gz", _nifti(tmp_path / "a.nii.gz", np.zeros((30, 30, 30), np.float32), (1e4,) * 3),
+         "voxel size"),
+        ("huge_grid.nii.gz", _nifti(tmp_path / "b.nii.gz", np.zeros((128, 128, 128), np.float32), (9.0,) * 3),
+         "grid"),
+        ("huge_header.nii.gz", _gzip_bomb((512, 512, 400)), "over the limit"),
+        ("bomb.nii.gz", _gzip_bomb((16, 16, 16), np.float32, extra=2**29), "gzip"),
+    ]
+    pids, _ = _group_memory(server.process.pid)
+    for name, data, reason in cases:
+        for pid in pids:  # reset the peak RSS (VmHWM) of every server process
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        rss = {pid: _status(pid, "VmRSS") for pid in pids}
+        status, body = _send(server, "POST", "/infer/lumbar_spine?output=json", {"file": (name, data)},
+                             {"params": "{}"})
+        assert status == 422 and reason in body["detail"], (name, status, body)
+        grown = max(_status(pid, "VmHWM") - rss[pid] for pid in pids)
+        assert grown < 100_000, f"{name}: server peak memory grew by {grown} kB"
+    # a label whose header declares 268 M voxels (a 0.3 MB upload): refused from its header
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    rss = {pid: _status(pid, "VmRSS") for pid in pids}
+    status, body = _send(server, "PUT", f"/datastore/label?image={image_id}&tag=reviewed",
+                         {"label": ("bomb.nii.gz", _gzip_bomb((512, 512, 400)))})
+    assert status == 422 and "does not match" in body["detail"], body
+    grown = max(_status(pid, "VmHWM") - rss[pid] for pid in pids)
+    assert grown < 50_000, f"label bomb: server peak memory grew by {grown} kB"
+    assert server.get("/info/")[0] == 200
+
+
+def test_bad_requests_get_a_4xx_with_the_reason_not_a_500(server, studies, tmp_path):
+    """Item 10: unknown strategy, model, scoring method; a preset naming a server file (its
+    content never echoed); a garbage upload (refused, never offered by active learning); a label
+    for a garbage image already in the studies folder; a session's image is segmented."""
+    for path in ["/activelearning/no_such_strategy", "/scoring/no_such_method?run_sync=true",
+                 "/train/no_such_model?run_sync=true"]:
+        status, body = server.request("POST", path)
+        assert status == 404 and b"unknown" in body, (path, status, body)
+    for preset in ["/etc/passwd", "../models/lite", "../../pyproject", "%2Fetc%2Fpasswd", "finetune/../smoke"]:
+        status, body = server.post("/train/sagittal?run_sync=true", {"preset": preset})
+        assert status == 422 and "no such training preset" in body["detail"], (preset, body)
+        assert "root:" not in body["detail"] and "preset keys" not in body["detail"]
+
+    garbage = ("g.nii.gz", b"\x1f\x8b" + b"garbage" * 100)
+    status, body = _send(server, "PUT", "/datastore/image?image=garbage_upload", {"file": garbage})
+    assert status == 422, body
+    assert "garbage_upload" not in server.get("/datastore/?output=all")[1]["objects"]
+    for _ in range(5):
+        assert server.post("/activelearning/random")[1].get("id") != "garbage_upload"
+
+    # a garbage file put straight into the studies folder: a label for it is a 422, not a 500
+    image = studies / f"{_first_id(studies)}.nii.gz"
+    (studies / "broken_on_disk.nii.gz").write_bytes(b"not an image")
+    try:
+        deadline = time.monotonic() + 30
+        while "broken_on_disk" not in server.get("/datastore/?output=all")[1]["objects"]:
+            assert time.monotonic() < deadline, "the datastore did not pick up the file"
+            time.sleep(1)
+        status, body = _send(server, "PUT", "/datastore/label?image=broken_on_disk&tag=final",
+                             {"label": ("l.nii.gz", _nifti(tmp_path / "l.nii.gz", np.zeros((4, 4, 4), np.uint8)))})
+        assert status == 422 and "not a readable study" in body["detail"], body
+    finally:
+        (studies / "broken_on_disk.nii.gz").unlink()
+
+    # a valid upload is stored (and removed again)
+    status, body = _send(server, "PUT", "/datastore/image?image=uploaded_ok", {"file": ("u.nii.gz", image.read_bytes())})
+    assert status == 200 and body["image"] == "uploaded_ok", body
+    status, body = _send(server, "PUT", "/datastore/image?image=uploaded_ok", {"file": ("u.nii.gz", image.read_bytes())})
+    assert status == 409, body
+    assert server.request("DELETE", "/datastore/image?id=uploaded_ok")[0] == 200
+
+    # MONAI Label sessions: PUT /session/ then infer on the session
+    status, body = _send(server, "PUT", "/session/", {"files": ("s.nii.gz", image.read_bytes())})
+    assert status == 200, body
+    status, body = server.post(f"/infer/sagittal?session_id={body['session_id']}&output=json")
+    assert status == 200 and "report" in body, body
+    assert server.get("/info/")[0] == 200

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import monailabel
-from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.epistemic import Epistemic
-from monailabel.tasks.activelearning.random import Random
 
 from lumbarseg import planes
 from lumbarseg.triton.client import DEFAULT_URL
 
 from lib.backend import ServedModel
 from lib.configs.lumbar_spine import LumbarSpineConfig, PlaneConfig
+from lib import guards
+from lib.activelearning.fair_random import Random
 from lib.datastore import CheckedLocalDatastore
 from lib.serving import serve
 
@@ -38,6 +37,7 @@ DEFAULT_MODEL = "lumbar_spine"
 
 class LumbarSpineApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
+        self.uploads = guards.Uploads.install()  # MONAI Label writes uploads to this private folder
         self.model_dir = os.path.join(app_dir, "model")
         repository = conf.get("triton_repository")
         self.served = ServedModel(Path(self.model_dir) / DEFAULT_MODEL, backend=conf.get("backend", "local"),
@@ -77,17 +77,41 @@ class LumbarSpineApp(MONAILabelApp):
             return super().init_datastore()  # DICOMweb: labels become DICOM-SEG through dcmqi
         return CheckedLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
                                      auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+                                     spacing=self._model_spacing)
+
+    def _model_spacing(self) -> float:
+        """The served model's grid spacing (mm): an upload's network grid is budgeted at it."""
+        return guards.model_spacing(self.served.folder)
+
+    def _load_sessions(self, load=False):
+        sessions = super()._load_sessions(load)  # archives unpacked safely (lib.guards.safe_sessions)
+        if sessions is not None:
+            sessions.__class__ = guards.safe_sessions(type(sessions))
+        return sessions
 
     def infer(self, request: dict, datastore=None) -> dict:
-        """Only images of the datastore, or files the client uploaded with the request (which
-        MONAI Label puts in the temp folder): an id naming anything else on the server, such as
-        ``../../etc/passwd``, is an unknown image (404), not a path to read."""
-        image = request.get("image")
-        if isinstance(image, str):
-            uploaded = Path(image).parent == Path(tempfile.gettempdir()) and Path(image).is_file()
-            known = image in (datastore or self.datastore()).list_images()
-            if not (uploaded or known):
-                raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
-        return super().infer(request, datastore)
+        """Only images of the datastore, the file the client uploaded with this very request, or
+        the image of the client's session (``lib.guards.infer_input``): an id naming anything
+        else on the server, such as ``../../etc/passwd`` or another file in the temp folder, is
+        an unknown image (404), not a path to read. A failed request's upload is deleted."""
+        datastore = datastore or self.datastore()
+        request = dict(request)
+        claimed = guards.infer_input(request, datastore, self.uploads, self.sessions(), self._infers)
+        try:
+            return super().infer(request, datastore)
+        except BaseException:
+            self.uploads.discard(*claimed)  # MONAI Label deletes uploads only after a success
+            raise
 
+    def next_sample(self, request):
+        guards.known(request.get("strategy") or "random", self._strategies, "strategy")
+        return super().next_sample(request)
+
+    def train(self, request):
+        guards.known(request.get("model"), self._trainers, "model")
+        return super().train(guards.training_preset(request))
+
+    def scoring(self, request):
+        guards.known(request.get("method"), self._scoring_methods, "scoring method")
+        return super().scoring(request)

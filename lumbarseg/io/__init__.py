@@ -9,7 +9,8 @@ from typing import Sequence
 
 from lumbarseg.io.ivdm3seg import is_ivdm3seg, load_ivdm3seg
 from lumbarseg.io.manifest import ManifestEntry, load_dataset, load_entry, read_manifest, write_manifest
-from lumbarseg.io.nifti import is_nifti, load_image, load_label, save_image, save_label, save_series
+from lumbarseg.io import budget
+from lumbarseg.io.nifti import check_header, is_nifti, load_image, load_label, save_image, save_label, save_series
 from lumbarseg.io.study import Series, Study, StudyError
 
 
@@ -39,8 +40,20 @@ def load_study(path: str | Path | Sequence[str | Path], modalities: Sequence[str
     raise StudyError(path, "not found" if not path.exists() else "not a NIfTI file, IVDM3Seg prefix or DICOM folder")
 
 
+def check_study(path: str | Path, spacing: float | None = None) -> None:
+    """Refuse a study file over the budgets of :mod:`lumbarseg.io.budget` from its header alone
+    (voxels, voxel size, header size, gzip inflation) and, given the model's ``spacing`` (mm),
+    the network grid it would be resampled to. A NIfTI file is checked here; a DICOM folder's
+    headers are checked by :func:`load_study` before any pixel is read, its grid by
+    :func:`lumbarseg.pipeline.segment_series`."""
+    if isinstance(path, (str, Path)) and is_nifti(path):
+        shape, _, affine, _ = check_header(path)
+        if spacing:
+            budget.check_grid(path, shape, budget.affine_spacing(affine), float(spacing))
+
+
 __all__ = [
-    "ManifestEntry", "Series", "Study", "StudyError", "is_nifti", "load_dataset", "load_entry",
-    "load_image", "load_ivdm3seg", "load_label", "load_study", "read_manifest", "save_image",
+    "ManifestEntry", "Series", "Study", "StudyError", "check_header", "check_study", "is_nifti", "load_dataset",
+    "load_entry", "load_image", "load_ivdm3seg", "load_label", "load_study", "read_manifest", "save_image",
     "save_label", "save_series", "write_manifest",
 ]

@@ -24,6 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from lumbarseg import __version__, modalities, tissues
+from lumbarseg.io import budget
 from lumbarseg.io.study import Series, Study, StudyError
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS, its own inverse
@@ -103,13 +104,15 @@ def _stack_series(stack: list[tuple[Path, Dataset]]) -> Series:
         row, col, _ = _geometry(first, first_path)
         thickness = float(getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0)
         step = np.cross(row, col) * thickness
+    affine = affine_of(first, step)
+    budget.check_spacing(first_path.parent, budget.affine_spacing(affine))
     volume = np.stack([_pixels(path).T for path, _ in stack], axis=-1)  # (columns, rows, slices)
     description = str(getattr(first, "SeriesDescription", ""))
     name, _, contrast = description.rpartition(" ")
     if not contrast or modalities.normalize(contrast) not in modalities.MODALITIES:
         name, contrast = description, description or "mr"
     return Series(
-        image=volume[None], affine=affine_of(first, step), modalities=(modalities.normalize(contrast),),
+        image=volume[None], affine=affine, modalities=(modalities.normalize(contrast),),
         description=name, source=str(first_path.parent),
         meta={"study_uid": str(first.StudyInstanceUID), "series_uids": [str(first.SeriesInstanceUID)],
               "frame_of_reference_uid": str(getattr(first, "FrameOfReferenceUID", "")),
@@ -147,6 +150,14 @@ def load_dicom(folder: str | Path) -> Study:
         groups[(str(ds.SeriesInstanceUID), *np.round(np.concatenate([row, col]), 3))].append((path, ds))
     if not groups:
         raise StudyError(folder, "no DICOM images found")
+    voxels = 0  # the study's voxel budget, from the headers, before any pixel is decoded
+    for path, ds in (item for group in groups.values() for item in group):
+        try:
+            shape = (int(ds.Rows), int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "NumberOfFrames", 1) or 1),
+                     int(getattr(ds, "SamplesPerPixel", 1) or 1))
+        except (TypeError, ValueError) as err:
+            raise StudyError(path, f"unreadable image size in the DICOM header ({err})") from err
+        voxels = budget.check_size(path, shape, voxels)
     stacks = [_stack_series(stack) for group in groups.values() for stack in _split_stacks(group)]
     series = _merge_channels(stacks)
     study = Study(series, subject=folder.name, source=str(folder))

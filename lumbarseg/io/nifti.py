@@ -1,7 +1,8 @@
 """NIfTI studies: one file per modality or one 4D file with modalities on the last axis.
 
 Reading goes through nibabel's header first, so a wrong shape or an absurd size is refused
-before any voxel is read.
+before any voxel is read (the budgets of :mod:`lumbarseg.io.budget`: voxels, voxel size, header
+size, gzip inflation).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import nibabel as nib
 import numpy as np
 
 from lumbarseg import modalities as mod
-from lumbarseg.io.study import Series, StudyError, check_size
+from lumbarseg.io import budget
+from lumbarseg.io.study import Series, StudyError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # What nibabel and gzip raise on a truncated or corrupt file.
@@ -54,6 +56,38 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[tuple[int, int, 
     return tuple(shape[:3]), (shape[3] if len(shape) == 4 else 1)  # type: ignore[return-value]
 
 
+def check_header(path: str | Path, img: nib.Nifti1Image | None = None, counted: int = 0) -> tuple[
+        tuple[int, int, int], int, np.ndarray, int]:
+    """The header's (I, J, K), channel count and affine, after the budgets of
+    :mod:`lumbarseg.io.budget` (voxels, with ``counted`` voxels already loaded for the same
+    study; voxel size; header size; the file holding, and a gzip stream inflating to, what the
+    header declares): nothing but the header and a streamed pass over a gzip file is read.
+    Returns ``(shape, channels, affine, total voxels so far)``."""
+    path = Path(path)
+    img = _open(path) if img is None else img
+    shape, count = _spatial_shape(path, img.shape)
+    total = budget.check_size(path, (*shape, count), counted)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise StudyError(path, "affine is not a finite 4x4 matrix")
+    budget.check_spacing(path, budget.affine_spacing(affine))
+    header = img.header
+    try:
+        offset = int(header.get_data_offset())
+        data_bytes = int(np.prod(img.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    except (TypeError, ValueError) as err:
+        raise StudyError(path, f"not a readable NIfTI header ({err})") from err
+    if offset > budget.MAX_HEADER_BYTES:
+        raise StudyError(path, f"voxel data starts at byte {offset:,}, beyond the {budget.MAX_HEADER_BYTES:,} "
+                               "bytes a header with extensions may take")
+    if str(path).lower().endswith(".gz"):
+        budget.check_gzip(path, offset + data_bytes)
+    elif path.stat().st_size < offset + data_bytes:
+        raise StudyError(path, f"truncated or corrupt image data: {path.stat().st_size:,} bytes, the header "
+                               f"declares {offset + data_bytes:,}")
+    return shape, count, affine, total
+
+
 def load_image(paths: str | Path | Sequence[str | Path], modalities: Sequence[str] = ()) -> Series:
     """Load a study volume: one 4D file, or several 3D files (one per modality) on one grid.
 
@@ -65,12 +99,12 @@ def load_image(paths: str | Path | Sequence[str | Path], modalities: Sequence[st
     channels: list[np.ndarray] = []
     affine = None
     grid = None
+    voxels = 0
     for path in paths:
         img = _open(path)
-        shape, count = _spatial_shape(path, img.shape)
-        check_size(path, (*shape, count))
+        shape, count, header_affine, voxels = check_header(path, img, voxels)
         if grid is None:
-            grid, affine = shape, img.affine
+            grid, affine = shape, header_affine
         elif shape != grid:
             raise StudyError(path, f"modality shape {shape} does not match {grid} of {paths[0]}")
         elif not np.allclose(img.affine, affine, atol=1e-3):
@@ -96,6 +130,7 @@ def load_label(path: str | Path, like: Series) -> np.ndarray:
         raise StudyError(path, f"label shape {tuple(shape)} does not match image shape {like.shape}")
     if not np.allclose(img.affine, like.affine, atol=1e-3):
         raise StudyError(path, "label affine does not match the image's (not on the same grid)")
+    check_header(path, img)
     data = _read(path, img).reshape(like.shape)
     if not np.all(data == np.round(data)) or data.min() < 0:
         raise StudyError(path, "label values must be non-negative integers")

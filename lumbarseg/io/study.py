@@ -22,10 +22,6 @@ from typing import Any
 
 import numpy as np
 
-# A float32 volume of this many voxels is 1 GiB; anything larger on a lumbar study is a broken
-# header, not an image, and would exhaust memory before it could be checked.
-MAX_VOXELS = 2**28
-
 
 class StudyError(ValueError):
     """Bad study input. ``path`` names the file or folder, ``reason`` says what is wrong."""
@@ -121,12 +117,3 @@ class Study:
         for series in self.series:
             series.check()
         return self
-
-
-def check_size(path: str | Path, shape: tuple[int, ...]) -> None:
-    """Refuse a header whose voxel count would exhaust memory, before reading the data."""
-    count = int(np.prod([int(n) for n in shape], dtype=np.float64))
-    if count > MAX_VOXELS:
-        raise StudyError(
-            path, f"image of shape {tuple(shape)} has {count:,} voxels, over the limit of {MAX_VOXELS:,}"
-        )

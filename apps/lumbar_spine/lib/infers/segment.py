@@ -25,16 +25,23 @@ from lumbarseg.analysis import analyse
 from lumbarseg.io.study import StudyError
 from lumbarseg.triton.server import TritonError
 
+from lib import guards
 from lib.backend import ServedModel
 
 LABELS = list(tissues.STUDY_LABELS.values())  # value i + 1 is LABELS[i]
 
 
 class LoadStudyd:
-    """``data["image"]`` (a NIfTI path or a DICOM folder) -> ``data["study"]`` (:class:`Study`)."""
+    """``data["image"]`` (a NIfTI path or a DICOM folder) -> ``data["study"]`` (:class:`Study`),
+    after the memory budgets checked from its header (:func:`lumbarseg.io.check_study`, with the
+    network grid at ``spacing()`` mm)."""
+
+    def __init__(self, spacing: Callable[[], float] | None = None):
+        self.spacing = spacing
 
     def __call__(self, data: dict) -> dict:
         try:
+            io.check_study(data["image"], self.spacing() if self.spacing else None)
             data["study"] = io.load_study(data["image"])
         except StudyError as err:
             raise HTTPException(status_code=422, detail=str(err)) from err
@@ -57,7 +64,7 @@ class SegmentLumbarSpine(BasicInferTask):
         return {**super().info(), "plane": self.plane or "ensemble", "backend": self.model.backend}
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [LoadStudyd()]
+        return [LoadStudyd(lambda: guards.model_spacing(self.model.folder))]
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
@@ -75,8 +82,8 @@ class SegmentLumbarSpine(BasicInferTask):
     def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
         # The request's result_extension: OHIF's MONAI Label panel asks for ".nrrd" (uncompressed)
         # and parses NRRD; other clients get NIfTI unless they ask.
-        suffix = extension or data.get("result_extension") or ".nii.gz"
-        path = tempfile.NamedTemporaryFile(suffix=suffix, delete=False).name
+        suffix = guards.result_suffix(extension or data.get("result_extension") or ".nii.gz")
+        path = tempfile.NamedTemporaryFile(suffix=suffix, delete=False, dir=guards.results_folder()).name
         if suffix in (".nii.gz", ".nii"):
             io.save_label(data["pred"], data["affine"], path)
         else:
