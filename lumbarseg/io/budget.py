@@ -20,8 +20,8 @@ checks these budgets from the header first and raises :class:`StudyError` with t
     +438 MB) at 450 bytes per grid voxel plus ~60 MB, so the budget caps one inference near
     4 GiB. A lumbar field of view (300 x 300 x 120 mm at the lite
     model's 1.5 mm: 3.2 M voxels) and a whole-spine sagittal one (900 x 300 x 100 mm: 8.0 M)
-    fit. It is a quarter of the Triton pipeline's ``max_voxels`` (2**25), so the client never
-    sends a grid the server refuses.
+    fit. The Triton backend has its own limits (the pipeline's ``max_voxels`` and
+    ``max_extent``), which its client checks before it sends a grid.
 
 ``SPACING_MM`` = 0.05 .. 30 mm per voxel axis. MR voxels are 0.2 - 8 mm (a sparse stack's
     slice step with gaps stays under 15 mm); a 10 m voxel is a broken or hostile header.
