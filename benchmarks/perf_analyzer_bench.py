@@ -33,14 +33,15 @@ DEFAULT_BINARY = REPO / ".venv" / "perf_analyzer" / "perf_analyzer"
 
 
 def perf_analyzer(binary: Path, protocol: str, port: int, shape: list[int], concurrency: str, work: Path,
-                  requests: int) -> list[dict]:
+                  requests: int, key: str) -> list[dict]:
     """Rows of perf_analyzer's CSV report (latencies in ms) for one protocol."""
     report = work / f"perf_{protocol}.csv"
     command = [str(binary), "-m", "spine_pipeline", "-u", f"127.0.0.1:{port}", "-i", protocol,
                "--shape", "IMAGE:" + ",".join(map(str, shape)), "--input-data", "zero",
                "--concurrency-range", concurrency, "--measurement-mode", "count_windows",
                "--measurement-request-count", str(requests), "--stability-percentage", "50", "--max-trials", "3",
-               "--percentile", "90", "-f", str(report)]
+               "--percentile", "90", "-f", str(report),
+               "-H", f"{'triton-grpc-protocol-' if protocol == 'grpc' else ''}lumbarseg-admin-key:{key}"]  # inference is restricted
     print(" ".join(command), flush=True)
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     (work / f"perf_{protocol}.log").write_text(run.stdout + run.stderr)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lumbarseg import phantom, pipeline, planes
     from lumbarseg.triton.export import TEMPLATE, export
-    from lumbarseg.triton.server import TritonServer
+    from lumbarseg.triton.server import TritonServer, admin_headers
 
     os.environ["OMP_NUM_THREADS"] = os.environ["LUMBARSEG_ORT_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="perf_analyzer_bench_"))
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
             tensor.set_data_from_numpy(image)
             start = time.perf_counter()
-            client.infer("spine_pipeline", [tensor])  # every output, as perf_analyzer asks
+            client.infer("spine_pipeline", [tensor], headers=admin_headers("grpc", server.key))  # every output, as perf_analyzer asks
             return time.perf_counter() - start
 
         request()  # warm-up
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "latencies_ms": [round(t * 1000, 1) for t in ours]}
         print("project client:", result["project_client_grpc"], flush=True)
         result["perf_analyzer_rows"] = {
-            protocol: perf_analyzer(binary, protocol, port, list(image.shape), args.concurrency, work, args.requests)
+            protocol: perf_analyzer(binary, protocol, port, list(image.shape), args.concurrency, work, args.requests,
+                                    server.key)
             for protocol, port in (("grpc", server.grpc_port), ("http", server.http_port))}
     tb.write_results(result, Path(args.out), markdown)
     return 0

@@ -616,13 +616,16 @@ def main(argv: list[str] | None = None) -> int:
                 # BLS vs ensemble: the pipeline request alone, on raw gRPC clients (same input, same outputs).
                 import tritonclient.grpc as grpcclient
 
+                from lumbarseg.triton.server import admin_headers
+
                 outputs = ["PROBABILITIES", *(f"{p.upper()}_PROBABILITIES" for p in planes.PLANES)]
                 raw = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")  # thread-safe (grpcio)
 
                 def request(model: str) -> dict[str, np.ndarray]:
                     tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
                     tensor.set_data_from_numpy(image)
-                    answer = raw.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
+                    answer = raw.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+                                       headers=admin_headers("grpc", server.key))  # inference needs the admin key
                     return {n: answer.as_numpy(n) for n in outputs}
 
                 for model in ("spine_pipeline", "spine_ensemble"):

@@ -5,8 +5,10 @@ in-process inference, and the errors a user meets."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +30,10 @@ from lumbarseg.triton.client import TritonSegmenter
 from lumbarseg.triton.export import MODELS, NETWORK_MODELS, TEMPLATE, next_version, read_config
 from lumbarseg.triton.server import TritonError
 
+KEY = secrets.token_urlsafe(16)  # the admin key of this module's servers (LUMBARSEG_TRITON_KEY)
+ADMIN = {"lumbarseg-admin-key": KEY}  # HTTP header; gRPC metadata is triton-grpc-protocol-<name>
+GRPC_ADMIN = {"triton-grpc-protocol-lumbarseg-admin-key": KEY}
+
 pytestmark = pytest.mark.slow  # an export and a server start: about 2.5 minutes on 2 cores
 
 LUMBARSEG = str(Path(sys.executable).parent / "lumbarseg")
@@ -42,11 +48,38 @@ def free_port() -> int:
 
 
 def model_state(admin: http.InferenceServerClient, name: str) -> str | None:
-    return next(m.get("state") for m in admin.get_model_repository_index() if m["name"] == name)
+    return next(m.get("state") for m in admin.get_model_repository_index(headers=ADMIN) if m["name"] == name)
 
 
 def one_thread_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "LUMBARSEG_ORT_THREADS": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LUMBARSEG_ORT_THREADS": "1", "LUMBARSEG_TRITON_KEY": KEY}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def admin_key():
+    """The servers and clients of this module share one admin key, from the environment."""
+    old = os.environ.get("LUMBARSEG_TRITON_KEY")
+    os.environ["LUMBARSEG_TRITON_KEY"] = KEY
+    yield KEY
+    if old is None:
+        del os.environ["LUMBARSEG_TRITON_KEY"]
+    else:
+        os.environ["LUMBARSEG_TRITON_KEY"] = old
+
+
+def post(url: str, body: bytes, headers: dict | None = None, timeout: float = 120) -> tuple[int | None, str]:
+    """A raw HTTP POST: (status, body text), or (None, why) when the connection failed."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except (urllib.error.URLError, ConnectionError, OSError) as err:
+        return None, f"{type(err).__name__}: {err}"
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +120,8 @@ def served(exported, tmp_path_factory):
             break
     else:
         pytest.fail(f"serve did not come up: {''.join(seen)}\n{log.read_text()[-3000:] if log.exists() else ''}")
-    yield {"http": f"http://127.0.0.1:{http_port}", "grpc": f"grpc://127.0.0.1:{grpc_port}", "log": log}
+    yield {"http": f"http://127.0.0.1:{http_port}", "grpc": f"grpc://127.0.0.1:{grpc_port}", "log": log,
+           "repository": repository}
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
     assert "stopping Triton" in process.stdout.read()
@@ -161,7 +195,7 @@ def test_a_model_that_is_not_loaded_is_a_clear_error(served, study):
     with pytest.raises(TritonError, match="'no_such_model' is not in the server's repository"):
         TritonSegmenter(served["http"], model="no_such_model").require_ready()
     admin = http.InferenceServerClient(served["http"].removeprefix("http://"))
-    admin.unload_model("plane_axial")
+    admin.unload_model("plane_axial", headers=ADMIN)
     deadline = time.monotonic() + 60
     while model_state(admin, "plane_axial") != "UNAVAILABLE" and time.monotonic() < deadline:  # stub stopping
         time.sleep(0.2)
@@ -172,7 +206,7 @@ def test_a_model_that_is_not_loaded_is_a_clear_error(served, study):
             with pytest.raises(TritonError, match="plane_axial"):
                 client.segment(study)
     finally:
-        admin.load_model("plane_axial")
+        admin.load_model("plane_axial", headers=ADMIN)
     assert admin.is_model_ready("plane_axial")
 
 
@@ -184,7 +218,7 @@ def test_a_new_version_is_loaded_without_a_restart(served, exported):
     admin = http.InferenceServerClient(served["http"].removeprefix("http://"))
     with TritonSegmenter(served["http"]) as client:
         client.reload(MODELS)
-        assert {m["name"]: m["version"] for m in admin.get_model_repository_index() if m.get("state") == "READY"} \
+        assert {m["name"]: m["version"] for m in admin.get_model_repository_index(headers=ADMIN) if m.get("state") == "READY"} \
             == {m: "2" for m in MODELS}
         out = client.infer(np.random.default_rng(1).random((3, 9, 10, 11), dtype=np.float32), ["CLASSES"])
     assert out["CLASSES"].shape == (9, 10, 11)
@@ -218,7 +252,8 @@ def test_malformed_tensors_are_refused_by_the_server_which_stays_up(served, prot
     def send(array: np.ndarray, dtype: str) -> None:
         tensor = module.InferInput("IMAGE", list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
-        raw.infer("spine_pipeline", [tensor], outputs=[module.InferRequestedOutput("CLASSES")])
+        raw.infer("spine_pipeline", [tensor], outputs=[module.InferRequestedOutput("CLASSES")],
+                  headers=ADMIN if protocol == "http" else GRPC_ADMIN)
 
     cases = [
         (np.zeros((3, 8, 8), np.float32), "FP32", r"shape for input 'IMAGE'.*Expected \[3,-1,-1,-1\]"),  # rank 3
@@ -233,6 +268,119 @@ def test_malformed_tensors_are_refused_by_the_server_which_stays_up(served, prot
     assert raw.is_server_ready() and raw.is_model_ready("spine_pipeline")
     send(np.random.default_rng(2).random((3, 8, 8, 8), dtype=np.float32), "FP32")  # still serving
     raw.close()
+
+
+def _pwn_load(marker: Path) -> dict:
+    """A repository load that ships its own model: config plus ``file:1/model.py`` whose import
+    writes ``marker`` (what issue 16 item 2 ran as the server's user)."""
+    import base64
+
+    config = {"name": "probe_pwn", "backend": "python", "max_batch_size": 0,
+              "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [1]}],
+              "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [1]}]}
+    code = (f"open({str(marker)!r}, 'w').write('ran')\n"
+            "class TritonPythonModel:\n    def execute(self, requests):\n        return []\n")
+    return {"parameters": {"config": json.dumps(config), "file:1/model.py": base64.b64encode(code.encode()).decode()}}
+
+
+def test_model_control_and_inference_need_the_admin_key(served, tmp_path):
+    """Issue 16 item 2: without the key, a load that sends its own model.py is refused (HTTP and
+    gRPC) and runs nothing, an unload leaves the model serving, inference is refused; the
+    project's client, holding the key, still loads and infers."""
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    marker = tmp_path / "ran"
+    load = served["http"] + "/v2/repository/models/probe_pwn/load"
+    try:
+        for headers in ({}, {"lumbarseg-admin-key": "wrong"}):
+            status, body = post(load, json.dumps(_pwn_load(marker)).encode(), headers)
+            assert status == 403 and "restricted" in body, (status, body)
+        status, body = post(served["http"] + "/v2/repository/models/fusion/unload", b"{}")
+        assert status == 403 and "restricted" in body, (status, body)
+        raw = grpc.InferenceServerClient(served["grpc"].removeprefix("grpc://"))
+        with pytest.raises(InferenceServerException, match="restricted"):
+            raw.load_model("probe_pwn", config=_pwn_load(marker)["parameters"]["config"],
+                           files={"file:1/model.py": b"open('/tmp/x', 'w')"})
+        with pytest.raises(InferenceServerException, match="restricted"):
+            raw.unload_model("fusion")
+        tensor = grpc.InferInput("IMAGE", [3, 4, 4, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((3, 4, 4, 4), np.float32))
+        with pytest.raises(InferenceServerException, match="restricted"):
+            raw.infer("spine_pipeline", [tensor])
+        raw.close()
+        body = json.dumps({"inputs": [{"name": "IMAGE", "shape": [3, 1, 2, 2], "datatype": "FP32", "data": [0.0] * 12}]})
+        status, text = post(served["http"] + "/v2/models/spine_pipeline/infer", body.encode())
+        assert status == 403 and "restricted" in text, (status, text)
+        assert not marker.exists()
+        with TritonSegmenter(served["grpc"]) as client:  # the key from LUMBARSEG_TRITON_KEY
+            assert client.health()["models"]["fusion"] == "READY"
+            client.reload(["fusion"])
+            out = client.infer(np.random.default_rng(5).random((3, 6, 7, 8), dtype=np.float32), ["CLASSES"])
+        assert out["CLASSES"].shape == (6, 7, 8)
+        with TritonSegmenter(served["http"], key="", retries=0) as keyless:  # health stays open, the rest does not
+            assert keyless.health()["models"]["spine_pipeline"] == "READY"
+            with pytest.raises(TritonError, match="restricted.*admin key"):
+                keyless.infer(np.zeros((3, 4, 4, 4), np.float32), ["CLASSES"])
+    finally:  # on a server without the restriction the load succeeded: unload what it loaded
+        post(served["http"] + "/v2/repository/models/probe_pwn/unload", b"{}", ADMIN)
+
+
+def test_the_server_listens_on_loopback_only(served):
+    """Neither port answers on this host's other addresses."""
+    addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: the kernel picks the outgoing address
+            addresses.add(s.getsockname()[0])
+    except OSError:
+        pass
+    addresses = {a for a in addresses if not a.startswith("127.")}
+    if not addresses:
+        pytest.skip("this host has no address besides loopback")
+    for address in addresses:
+        for url in (served["http"], served["grpc"]):
+            port = int(url.rsplit(":", 1)[1])
+            with socket.socket() as s, pytest.raises(OSError):
+                s.settimeout(5)
+                s.connect((address, port))
+
+
+def test_a_request_declaring_a_huge_tensor_is_refused_and_the_server_stays_up(served):
+    """Issue 16 item 3: JSON declaring IMAGE [3,20000,20000,20000] with 12 values aborted
+    tritonserver (std::bad_alloc). Now: 4xx with the reason, the server stays up; with the key
+    a declared shape the sent bytes do not fill is refused by Triton, and shapes over the
+    pipeline's max_extent / max_voxels by the pipeline, before any work; then a valid request
+    is served."""
+    infer = served["http"] + "/v2/models/spine_pipeline/infer"
+    absurd = json.dumps({"inputs": [{"name": "IMAGE", "shape": [3, 20000, 20000, 20000], "datatype": "FP32",
+                                     "data": [0.0] * 12}]}).encode()
+    status, reason = post(infer, absurd)
+    assert status is not None and 400 <= status < 500 and reason, (status, reason)
+    header = json.dumps({"inputs": [{"name": "IMAGE", "shape": [3, 512, 512, 512], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 48}}]}).encode()
+    status, reason = post(infer, header + bytes(48), {**ADMIN, "Content-Type": "application/octet-stream",
+                                                      "Inference-Header-Content-Length": str(len(header))})
+    assert status == 400 and "byte size" in reason, (status, reason)
+    config = read_config(served["repository"] / "spine_pipeline" / "configs" / "cpu.pbtxt").parameters
+    extent, voxels = int(config["max_extent"].string_value), int(config["max_voxels"].string_value)
+    with TritonSegmenter(served["http"], retries=0) as client:
+        with pytest.raises(TritonError, match=rf"max_extent {extent}.*status 400"):
+            client.infer(np.zeros((3, 2, extent + 1, 4), np.float32), ["CLASSES"])
+        slabs = voxels // extent**2 + 1  # every axis within max_extent, the volume over max_voxels
+        assert slabs <= extent
+        with pytest.raises(TritonError, match=rf"more than max_voxels {voxels}.*status 400"):
+            client.infer(np.zeros((3, slabs, extent, extent), np.float32), ["CLASSES"])
+        assert client.health()["ready"]
+        out = client.infer(np.random.default_rng(6).random((3, 5, 6, 7), dtype=np.float32), ["CLASSES"])
+        assert out["CLASSES"].shape == (5, 6, 7)
+        # a study whose field of view is over the limits: refused by the client, nothing sent
+        from lumbarseg.io.study import Series, StudyError
+
+        wide = Series(np.zeros((1, 34, 8, 8), np.float32), np.diag([29.0, SPACING, SPACING, 1.0]), ("t2w",),
+                      source="wide.nii.gz")  # 986 mm long: over max_extent at the model's spacing
+        with pytest.raises(StudyError, match=rf"wide.nii.gz: .*at most {voxels:,} voxels and {extent} per axis"):
+            client.segment(wide)
 
 
 def test_a_server_killed_mid_request_is_a_clear_error_and_a_restart_serves_again(exported, monkeypatch, tmp_path):

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
+from lumbarseg.triton import server as triton_server
 from lumbarseg.triton.server import TritonError, TritonServer
+
+KEY = "test-admin-key"
 
 
 def free_port() -> int:
@@ -43,14 +46,16 @@ def echo_repository(tmp_path):
 
 
 def test_server_serves_a_python_model_and_stops(echo_repository, tmp_path):
-    server = TritonServer(echo_repository, http_port=free_port(), grpc_port=free_port(), log_path=tmp_path / "triton.log")
+    server = TritonServer(echo_repository, http_port=free_port(), grpc_port=free_port(), log_path=tmp_path / "triton.log",
+                          key=KEY)
     with server:
         assert server.ready()
         client = http.InferenceServerClient(server.url)
         assert client.is_model_ready("double")
         x = http.InferInput("X", [3], "FP32")
         x.set_data_from_numpy(np.array([1, 2, 3], np.float32))
-        np.testing.assert_array_equal(client.infer("double", [x]).as_numpy("Y"), [2, 4, 6])
+        np.testing.assert_array_equal(client.infer("double", [x], headers={"lumbarseg-admin-key": KEY}).as_numpy("Y"),
+                                      [2, 4, 6])
     assert server.process.poll() is not None
     assert not server.ready()
 
@@ -62,7 +67,46 @@ def test_missing_repository_is_a_clear_error(tmp_path):
 
 def test_a_broken_model_makes_start_fail_with_the_log(echo_repository, tmp_path):
     (echo_repository / "double" / "config.pbtxt").write_text("this is not protobuf text")
-    server = TritonServer(echo_repository, http_port=free_port(), grpc_port=free_port(), log_path=tmp_path / "t.log")
+    server = TritonServer(echo_repository, http_port=free_port(), grpc_port=free_port(), log_path=tmp_path / "t.log",
+                          key=KEY)
     with pytest.raises(TritonError, match="exited with code"):
         server.start(timeout=60)
     assert "config" in (tmp_path / "t.log").read_text().lower()
+
+
+@pytest.fixture
+def key_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("LUMBARSEG_TRITON_KEY", raising=False)
+    monkeypatch.setenv("LUMBARSEG_TRITON_KEY_FILE", str(tmp_path / "keys" / "triton-admin-key"))
+    return tmp_path / "keys" / "triton-admin-key"
+
+
+def test_the_admin_key_is_made_once_readable_by_its_owner_only(key_env, monkeypatch):
+    assert triton_server.admin_key() is None  # no key yet, and none made without asking
+    key = triton_server.admin_key(create=True)
+    assert len(key) >= 32 and key_env.stat().st_mode & 0o777 == 0o600
+    assert triton_server.admin_key(create=True) == key == triton_server.admin_key()  # kept, not replaced
+    monkeypatch.setenv("LUMBARSEG_TRITON_KEY", "from-the-environment")
+    assert triton_server.admin_key() == "from-the-environment"
+
+
+def test_a_key_file_others_can_read_is_refused(key_env):
+    key_env.parent.mkdir(parents=True)
+    key_env.write_text("leaked\n")
+    key_env.chmod(0o644)
+    with pytest.raises(TritonError, match="readable or writable by others"):
+        triton_server.admin_key()
+
+
+def test_the_launcher_binds_loopback_and_restricts_model_control_and_inference(echo_repository, key_env):
+    command = TritonServer(echo_repository).command()
+    assert "--http-address=127.0.0.1" in command and "--grpc-address=127.0.0.1" in command
+    key = key_env.read_text().strip()  # made at the first start
+    (http_flag,) = [a for a in command if a.startswith("--http-restricted-api=")]
+    (grpc_flag,) = [a for a in command if a.startswith("--grpc-restricted-protocol=")]
+    for flag in (http_flag, grpc_flag):
+        apis, header = flag.split("=", 1)[1].split(":")
+        assert {"inference", "model-repository", "shared-memory", "trace", "logging"} <= set(apis.split(","))
+        assert header == f"lumbarseg-admin-key={key}"
+    with pytest.raises(TritonError, match="must be non-empty"):
+        triton_server.restricted_api_arguments("a:b")

@@ -7,6 +7,11 @@ as ``Segmenter.load(weights).segment(series)``: both run :func:`lumbarseg.pipeli
 the repository's ``spine_pipeline`` model. The model spacing and tissue list come from that
 model's config (``parameters``), so the client needs no weights.
 
+Inference, loading models and the repository index are restricted APIs on a server started by
+:class:`~lumbarseg.triton.server.TritonServer`: the client sends the admin key
+(:func:`~lumbarseg.triton.server.admin_key`: ``$LUMBARSEG_TRITON_KEY`` or the key file) on
+those calls; health and the model config need none.
+
 URLs: ``http://host:port``, ``grpc://host:port`` or ``host:port`` (HTTP). Every failure is a
 :class:`~lumbarseg.triton.server.TritonError` naming the URL and the reason; connection errors
 and "unavailable" answers are retried with backoff, client errors (bad input, unknown model)
@@ -23,9 +28,9 @@ import numpy as np
 
 from lumbarseg import planes, tissues
 from lumbarseg.pipeline import Segmentation, segment_series
-from lumbarseg.triton.export import PIPELINE
-from lumbarseg.io.study import Series
-from lumbarseg.triton.server import TritonError
+from lumbarseg.triton.export import NETWORK_MODELS, PIPELINE
+from lumbarseg.io.study import Series, StudyError
+from lumbarseg.triton.server import TritonError, admin_headers, admin_key
 
 DEFAULT_URL = "http://127.0.0.1:8010"
 # Answers worth retrying: the server is (re)starting, overloaded or briefly unreachable.
@@ -39,6 +44,9 @@ def _reason(err: Exception) -> tuple[str, bool]:
     if isinstance(err, InferenceServerException):
         status = str(err.status() or "")
         message = err.message() or status or "no reason given"
+        if "is restricted" in message:  # Triton answers 403 (HTTP) or UNAVAILABLE (gRPC): not transient
+            return (f"{message} (status {status}): the server wants its admin key; set LUMBARSEG_TRITON_KEY or "
+                    "LUMBARSEG_TRITON_KEY_FILE to the server's key"), False
         return (f"{message} (status {status})" if status else message), status in TRANSIENT_STATUS
     if isinstance(err, TimeoutError):
         return "no answer within the timeout", False  # retrying a slow inference only adds load
@@ -52,11 +60,13 @@ class TritonSegmenter:
     share between threads (each thread gets its own connection).
 
     ``timeout``: seconds for one request (connect and answer); ``retries``: further attempts
-    after a transient failure, waiting ``backoff`` s, then twice as long, and so on.
+    after a transient failure, waiting ``backoff`` s, then twice as long, and so on. ``key``:
+    the admin key for inference, :meth:`reload` and the repository index (default
+    :func:`admin_key`).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, model: str = PIPELINE, timeout: float = 300.0,
-                 retries: int = 2, backoff: float = 0.5):
+                 retries: int = 2, backoff: float = 0.5, key: str | None = None):
         self.protocol, _, address = url.rpartition("://")
         self.protocol = self.protocol or "http"
         if self.protocol not in ("http", "grpc"):
@@ -71,6 +81,14 @@ class TritonSegmenter:
         self._module = module
         self._local = threading.local()
         self._config: dict | None = None
+        self._key = key
+
+    @property
+    def _admin(self) -> dict:
+        """Keyword arguments for a restricted call: the admin-key header, when there is a key."""
+        if self._key is None:
+            self._key = admin_key() or ""
+        return {"headers": admin_headers(self.protocol, self._key)} if self._key else {}
 
     @property
     def _client(self):
@@ -100,15 +118,22 @@ class TritonSegmenter:
 
     def _index(self) -> list[dict]:
         index = self._call("repository index", self._client.get_model_repository_index,
-                           **({"as_json": True} if self.protocol == "grpc" else {}))
+                           **({"as_json": True} if self.protocol == "grpc" else {}), **self._admin)
         return index.get("models", []) if isinstance(index, dict) else index
 
     def health(self) -> dict:
         """``{"url", "live", "ready", "models": {name: state}}``; :class:`TritonError` when the
-        server cannot be reached."""
+        server cannot be reached. Without the admin key (the repository index is restricted)
+        ``models`` holds the repository's own models, READY or UNAVAILABLE."""
         live = self._call("health", self._client.is_server_live)
         ready = self._call("health", self._client.is_server_ready)
-        models = {m["name"]: m.get("state", "UNKNOWN") for m in self._index()}
+        try:
+            models = {m["name"]: m.get("state", "UNKNOWN") for m in self._index()}
+        except TritonError as err:
+            if "restricted" not in str(err).lower():
+                raise
+            models = {m: "READY" if self._call(f"readiness of {m}", self._client.is_model_ready, m) else "UNAVAILABLE"
+                      for m in (*NETWORK_MODELS, self.model)}
         return {"url": self.url, "live": bool(live), "ready": bool(ready), "models": models}
 
     def require_ready(self, model: str | None = None) -> None:
@@ -116,7 +141,12 @@ class TritonSegmenter:
         model = model or self.model
         if self._call(f"readiness of {model}", self._client.is_model_ready, model):
             return
-        entry = next((m for m in self._index() if m["name"] == model), None)
+        try:
+            entry = next((m for m in self._index() if m["name"] == model), None)
+        except TritonError as err:  # no admin key: the state is all we can tell
+            if "restricted" not in str(err).lower():
+                raise
+            raise TritonError(f"{self.url}: model {model!r} is not ready (or not in the server's repository)") from err
         if entry is None:
             raise TritonError(f"{self.url}: model {model!r} is not in the server's repository")
         state = entry.get("state") or "UNAVAILABLE"
@@ -127,7 +157,7 @@ class TritonSegmenter:
         """(Re)load ``models`` in order through the repository API (explicit model control): each
         serves its newest version once loaded, and the old version answers until then."""
         for model in models:
-            self._call(f"loading {model}", self._client.load_model, model)
+            self._call(f"loading {model}", self._client.load_model, model, **self._admin)
             self.require_ready(model)
         self._config = None  # the pipeline's parameters (spacing) may have changed
 
@@ -152,6 +182,13 @@ class TritonSegmenter:
         """The model's isotropic grid in mm (written into the config by ``lumbarseg export``)."""
         return float(self.config["parameters"]["spacing_mm"]["string_value"])
 
+    @property
+    def limits(self) -> tuple[int | None, int | None]:
+        """The pipeline's ``max_voxels`` (per channel) and ``max_extent`` (per axis), from its
+        config; None where the config sets none."""
+        params = self.config["parameters"]
+        return tuple(int(params[k]["string_value"]) if k in params else None for k in ("max_voxels", "max_extent"))
+
     def infer(self, image: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
         """Run the pipeline model on a network input ``(3, X, Y, Z)`` (float32, at
         :attr:`spacing`) and return the named outputs."""
@@ -162,7 +199,7 @@ class TritonSegmenter:
         requested = [self._module.InferRequestedOutput(name) for name in outputs]
         extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         result = self._call(f"inference on {self.model}", self._client.infer, self.model, [tensor],
-                            outputs=requested, **extra)
+                            outputs=requested, **extra, **self._admin)
         return {name: np.array(result.as_numpy(name)) for name in outputs}  # writable copies (torch reads them)
 
     def predict(self, image: np.ndarray, with_planes: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -173,8 +210,20 @@ class TritonSegmenter:
 
     def segment(self, series: Series, with_planes: bool = True) -> Segmentation:
         """As :meth:`lumbarseg.pipeline.Segmenter.segment`; ``with_planes=False`` skips the
-        per-plane outputs (a quarter of the transfer; no plane classes or disagreement)."""
-        return segment_series(series, self.spacing, lambda image: self.predict(image, with_planes))
+        per-plane outputs (a quarter of the transfer; no plane classes or disagreement). A study
+        whose grid is over the server's :attr:`limits` is a :class:`StudyError` before anything
+        is sent."""
+        def predict(image: np.ndarray):
+            max_voxels, max_extent = self.limits
+            grid = image.shape[1:]
+            if (max_voxels and int(np.prod(grid)) > max_voxels) or (max_extent and max(grid) > max_extent):
+                raise StudyError(series.source or series.description or "series",
+                                 f"the study's field of view at {self.spacing:g} mm is a {'x'.join(map(str, grid))} grid "
+                                 f"({int(np.prod(grid)):,} voxels); the Triton server ({self.url}) takes at most "
+                                 f"{max_voxels:,} voxels and {max_extent} per axis (its memory budget)")
+            return self.predict(image, with_planes)
+
+        return segment_series(series, self.spacing, predict)
 
     def close(self) -> None:
         """Close this thread's connection."""

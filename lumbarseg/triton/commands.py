@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -45,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(args, TritonError(f"{repository}: no model.onnx for {', '.join(missing)}; run "
                                        f"`lumbarseg export --weights WEIGHTS --repository {repository}` first"))
     server = TritonServer(repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                          config_name="cpu" if args.cpu else None, log_path=args.log or "-")
+                          config_name="cpu" if args.cpu else None, log_path=args.log or "-", address=args.address)
 
     def terminate(signum, frame):  # `kill` stops the server as cleanly as Ctrl-C
         raise KeyboardInterrupt
@@ -55,9 +56,14 @@ def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, terminate)
     try:
+        from lumbarseg.triton.server import KEY_ENV, key_file
+
         server.start(timeout=args.timeout)
-        print(f"Triton ready: http://{server.url}  grpc://127.0.0.1:{args.grpc_port}  "
-              f"({'CPU configs' if args.cpu else 'GPU configs'}, {repository}); Ctrl-C stops it", flush=True)
+        host = server.url.rsplit(":", 1)[0]
+        key_from = f"${KEY_ENV}" if os.environ.get(KEY_ENV) else str(key_file())
+        print(f"Triton ready: http://{server.url}  grpc://{host}:{args.grpc_port}  "
+              f"({'CPU configs' if args.cpu else 'GPU configs'}, {repository}); inference and model control need "
+              f"the admin key ({key_from}); Ctrl-C stops it", flush=True)
         while server.process.poll() is None:
             time.sleep(0.5)
         return _fail(args, TritonError(f"tritonserver exited with code {server.process.returncode}"))
@@ -152,7 +158,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_export)
 
     p = sub.add_parser("triton", help="run a local Triton server on the model repository, or check one",
-                       description="Local NVIDIA Triton (the nvidia-pytriton wheel's tritonserver) on 127.0.0.1.")
+                       description="Local NVIDIA Triton (the nvidia-pytriton wheel's tritonserver) on 127.0.0.1; "
+                                   "inference, model control, shared memory, trace, logging and statistics need the "
+                                   "admin key ($LUMBARSEG_TRITON_KEY, else the key file $LUMBARSEG_TRITON_KEY_FILE, "
+                                   "default ~/.cache/lumbarseg/triton-admin-key, made with mode 0600 at the first "
+                                   "start); clients of this project read it the same way.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     s = actions.add_parser("serve", help="serve the repository until Ctrl-C",
                            description="Start tritonserver on loopback, wait until every model is ready, "
@@ -162,6 +172,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--repository", default=str(REPOSITORY), help=f"model repository (default {REPOSITORY})")
     s.add_argument("--http-port", type=int, default=8010, help="HTTP port (default 8010; 8000 is MONAI Label's)")
     s.add_argument("--grpc-port", type=int, default=8011, help="gRPC port (default 8011)")
+    s.add_argument("--address", default="127.0.0.1",
+                   help="interface both endpoints bind (default 127.0.0.1, loopback only; another address exposes "
+                        "Triton to that network, where only its admin key protects it)")
     s.add_argument("--log", help="write the server log to this file (default: this terminal)")
     s.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness (default 180)")
     s.set_defaults(run=_serve)

@@ -88,16 +88,33 @@ class SpinePipeline:
         parameters = _parameters(config)
         self.batch = int(parameters["plane_batch_size"])
         self.max_voxels = int(parameters["max_voxels"])
+        self.max_extent = int(parameters.get("max_extent", 0)) or None
         self.num_classes = next(int(o["dims"][0]) for o in config["output"] if o["name"] == PROBABILITIES)
 
     async def execute(self, requests: list) -> list:
         return [await self._segment(request) for request in requests]
 
+    def _refusal(self, shape: tuple[int, ...]) -> str | None:
+        """Why a declared IMAGE shape is over the limits (None when it is not), judged from the
+        shape alone: before anything is computed, since the work holds about 0.5 KB per voxel
+        (``max_voxels``) and the plane networks' activations grow with the slice area
+        (``max_extent`` per axis). Triton has already checked rank, dtype and byte size."""
+        spatial = shape[1:]
+        if self.max_extent and max(spatial, default=0) > self.max_extent:
+            return (f"IMAGE shape {list(shape)}: an axis of {max(spatial)} voxels is over max_extent "
+                    f"{self.max_extent} (at the model's spacing_mm)")
+        voxels = int(np.prod(spatial, dtype=np.int64))
+        if voxels > self.max_voxels:
+            return (f"IMAGE has {voxels} voxels per channel, more than max_voxels {self.max_voxels}; "
+                    "resample the study to the model's spacing_mm first")
+        return None
+
     async def _segment(self, request) -> pb_utils.InferenceResponse:
-        image = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-        if image.size > self.max_voxels * 3:
-            return _error(f"IMAGE has {image.size // 3} voxels per channel, more than max_voxels {self.max_voxels}; "
-                          "resample the study to the model's spacing_mm first", "INVALID_ARG")
+        tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+        refusal = self._refusal(tuple(int(n) for n in tensor.shape()))
+        if refusal:
+            return _error(refusal, "INVALID_ARG")
+        image = tensor.as_numpy()
         if not np.isfinite(image).all():
             return _error("IMAGE holds NaN or infinite values", "INVALID_ARG")
         shape = image.shape[1:]
@@ -106,9 +123,12 @@ class SpinePipeline:
             per_plane = dict(zip(self.planes.PLANES, stacks))
             fusion_input = self.planes.fusion_input(per_plane, shape, self.num_classes)[None]
             fused = (await self._infer("fusion", "FUSION_INPUT", fusion_input))[0]
+            del fusion_input  # 30 channels: the largest array, not needed for the outputs
         except _Failed as err:
             return _error(str(err), "UNAVAILABLE")
         wanted = set(request.requested_output_names())
+        if not any(f"{plane.upper()}_{PROBABILITIES}" in wanted for plane in self.planes.PLANES):
+            per_plane.clear()
         outputs = {PROBABILITIES: lambda: fused, "CLASSES": lambda: fused.argmax(axis=0).astype(np.uint8)}
         outputs.update({f"{plane.upper()}_{PROBABILITIES}": (lambda p=plane: per_plane[p]) for plane in self.planes.PLANES})
         return pb_utils.InferenceResponse([pb_utils.Tensor(name, np.ascontiguousarray(make()))

@@ -9,12 +9,31 @@ Three things make it run outside NVIDIA's container, each learnt the hard way:
 * ``LD_LIBRARY_PATH`` needs the wheel's bundled libraries (the stub links libcudart) and the
   interpreter's own ``LIBDIR`` first, or the stub mixes the system libpython with this venv.
 * this venv's ``bin`` first on ``PATH``, so the stub's python imports numpy from here.
+
+Locked down by default: both endpoints bind 127.0.0.1, and every API that runs a model or
+changes what the server runs or where it writes (``inference``; ``model-repository``:
+load/unload, including a load that sends its own ``file:1/model.py``; ``shared-memory``;
+``trace``; ``logging``; ``statistics``) answers only requests carrying the admin key, as the
+header ``lumbarseg-admin-key`` (HTTP) or the metadata ``triton-grpc-protocol-lumbarseg-admin-key``
+(gRPC; Triton prefixes the name). Health, server and model metadata and model configs stay
+open. Inference is restricted too because Triton 2.51's HTTP frontend allocates a JSON input
+from its declared shape before it counts the values sent: one unauthenticated request
+declaring ``[3, 20000, 20000, 20000]`` aborts the server (``std::bad_alloc``); the restricted
+API check comes before that parse (measured: 403, server up). The key is the
+``LUMBARSEG_TRITON_KEY`` environment variable, else the file named by
+``LUMBARSEG_TRITON_KEY_FILE`` (default ``~/.cache/lumbarseg/triton-admin-key``), created with
+mode 0600 at the first start; :class:`lumbarseg.triton.client.TritonSegmenter` reads it the
+same way. tritonserver takes the key on its command line, so local users who can list this
+user's processes can read it: the key keeps network clients out, not other accounts on the
+same host.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import stat
 import signal
 import subprocess
 import sys
@@ -26,11 +45,70 @@ from pathlib import Path
 from lumbarseg.services import await_ready
 
 CACHE = Path(os.environ.get("LUMBARSEG_CACHE", Path.home() / ".cache" / "lumbarseg"))
+# The restricted APIs and the header that unlocks them (gRPC metadata keys are lower case).
+ADMIN_HEADER = "lumbarseg-admin-key"
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER  # the metadata key Triton checks on gRPC
+RESTRICTED_APIS = ("inference", "model-repository", "shared-memory", "trace", "logging", "statistics")
+KEY_ENV = "LUMBARSEG_TRITON_KEY"
+KEY_FILE_ENV = "LUMBARSEG_TRITON_KEY_FILE"
 
 
 class TritonError(RuntimeError):
     """A Triton server could not start, cannot be reached, or refused a request; the message
     names the server (URL or repository) and the reason."""
+
+
+def key_file() -> Path:
+    """Where the admin key lives when ``LUMBARSEG_TRITON_KEY`` is not set."""
+    return Path(os.environ.get(KEY_FILE_ENV) or CACHE / "triton-admin-key")
+
+
+def admin_key(create: bool = False) -> str | None:
+    """The key that unlocks Triton's restricted APIs: ``$LUMBARSEG_TRITON_KEY``, else the key
+    file's content; with ``create``, a new random key is written to the key file (mode 0600)
+    when there is none. None when there is no key and ``create`` is false. A key file that
+    others may read or write is refused (:class:`TritonError`): it would hand them the server."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    if key:
+        return key
+    path = key_file()
+    if not path.exists() and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TritonError(f"{path}: the Triton admin key file is readable or writable by others "
+                          f"(mode {stat.S_IMODE(mode):o}); chmod 600 it")
+    key = path.read_text().strip()
+    if not key:
+        raise TritonError(f"{path}: the Triton admin key file is empty")
+    return key
+
+
+def admin_headers(protocol: str, key: str | None) -> dict[str, str]:
+    """The header (HTTP) or metadata (gRPC) that carries ``key``; empty without a key."""
+    if not key:
+        return {}
+    return {GRPC_ADMIN_HEADER if protocol == "grpc" else ADMIN_HEADER: key}
+
+
+def restricted_api_arguments(key: str) -> list[str]:
+    """tritonserver flags that put :data:`RESTRICTED_APIS` behind ``ADMIN_HEADER: key`` on
+    HTTP and gRPC."""
+    if not key or any(c in key for c in ":=, \t\n"):
+        raise TritonError("the Triton admin key must be non-empty without ':', '=', ',' or whitespace")
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
+            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
 
 
 def _pytriton_root() -> Path:
@@ -70,13 +148,19 @@ class TritonServer:
 
     ``config_name="cpu"`` selects each model's ``configs/cpu.pbtxt`` (python backend running
     onnxruntime) instead of its GPU ``config.pbtxt``. Models load explicitly (model control
-    mode ``explicit``), all at start, so a retrained model can be reloaded without a restart.
+    mode ``explicit``), all at start, so a retrained model can be reloaded without a restart;
+    loading and the other restricted APIs need ``key`` (default :func:`admin_key`, created at
+    the first start). ``address``: the interface both endpoints bind (loopback unless a
+    deployment says otherwise).
     ``log_path``: the server's log file; ``"-"`` for this process's terminal; None to discard it.
     """
 
     def __init__(self, repository: str | Path, *, http_port: int = 8010, grpc_port: int = 8011,
-                 config_name: str | None = None, log_path: str | Path | None = None):
+                 config_name: str | None = None, log_path: str | Path | None = None,
+                 address: str = "127.0.0.1", key: str | None = None):
         self.repository = Path(repository).resolve()
+        self.address = address
+        self.key = key
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.config_name = config_name
@@ -85,16 +169,20 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+        return f"{host}:{self.http_port}"
 
     def command(self) -> list[str]:
         binary = _pytriton_root() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+        if self.key is None:
+            self.key = admin_key(create=True)
         cmd = [
             str(binary), f"--model-repository={self.repository}", f"--backend-directory={backend_directory()}",
-            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+            f"--http-address={self.address}", f"--grpc-address={self.address}",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", "--allow-metrics=false",
             "--disable-auto-complete-config", "--exit-timeout-secs=5",
             "--model-control-mode=explicit", "--load-model=*",
+            *restricted_api_arguments(self.key),
         ]
         if self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
