@@ -113,8 +113,13 @@ def reason_of(body: bytes, fallback: str) -> str:
         text = data if isinstance(data, str) else json.dumps(data)
     except (ValueError, UnicodeDecodeError):
         text = body[:300].decode("utf-8", "replace") or fallback
-    text = " ".join(str(text).split())
+    text = printable(" ".join(str(text).split()))
     return text[:240] + ("..." if len(text) > 240 else "")
+
+
+def printable(text: str) -> str:
+    """Control characters (a NUL echoed back in an id) as escapes, so the tables stay text."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
@@ -808,7 +813,7 @@ def markdown(result: dict) -> str:
              "| kind | item | request | status | reason | alive app/triton | intact | temp left | peak RSS MiB app/triton | s | pass |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        reason = r["reason"].replace("|", "/")
+        reason = printable(r["reason"]).replace("|", "/")
         if r["changed"]:
             reason += f" — changed: {', '.join(r['changed'][:3])}"
         rss = r["peak_rss_mib"]
