@@ -77,7 +77,9 @@ class Answer:
 
 # With --auth: an annotator's bearer token, sent on every request to the app except the kinds
 # that probe unauthenticated access (set per kind by probe()).
-BEARER: dict[str, str | None] = {"app_url": None, "token": None}
+# train_* kinds carry an admin's token (training needs the admin role): they probe the training
+# route's own checks, not the role check.
+BEARER: dict[str, str | None] = {"app_url": None, "token": None, "admin": None}
 
 
 def request(base: str, method: str, target: str, body: bytes | None = None, headers: dict | None = None,
@@ -93,9 +95,19 @@ def request(base: str, method: str, target: str, body: bytes | None = None, head
             conn.putheader(key, value)
         if body is not None:
             conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
+        try:
+            conn.endheaders(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before taking all we sent (a 413, uvicorn's 400): read it
         r = conn.getresponse()
-        data = r.read()
+        data = b""
+        try:
+            while chunk := r.read1(1 << 16):
+                data += chunk
+        except ConnectionResetError:
+            # uvicorn answers a request head over h11's 16 KiB with 400 and closes with the rest
+            # of the request unread, so the kernel resets the connection after the answer
+            data += b" (then connection reset by the server)"
         return Answer(r.status, reason_of(data, r.reason), data)
     except socket.timeout:
         return Answer(None, f"no answer within {timeout:.0f} s")
@@ -244,13 +256,13 @@ def start_realm() -> tuple[str, bytes]:
     return f"http://127.0.0.1:{httpd.server_address[1]}/realms/lumbarseg", pem
 
 
-def annotator_token(pem: bytes) -> str:
+def annotator_token(pem: bytes, admin: bool = False) -> str:
     import jwt
 
     now = int(time.time())
-    return jwt.encode({"preferred_username": "probe-annotator", "email": "probe@example.org", "iat": now,
-                       "exp": now + 6 * 3600,
-                       "realm_access": {"roles": ["monailabel-user", "monailabel-annotator"]}}, pem, algorithm="RS256")
+    roles = ["monailabel-user", "monailabel-annotator"] + (["monailabel-reviewer", "monailabel-admin"] if admin else [])
+    return jwt.encode({"preferred_username": "probe-admin" if admin else "probe-annotator", "email": "probe@example.org",
+                       "iat": now, "exp": now + 6 * 3600, "realm_access": {"roles": roles}}, pem, algorithm="RS256")
 
 
 # -- the stack ---------------------------------------------------------------------------------
@@ -363,7 +375,8 @@ class Stack:
         self.app.start(timeout=600)
         self.app_url = self.app.url
         if self.args.auth:
-            BEARER.update(app_url=self.app_url, token=annotator_token(self.realm[1]))
+            BEARER.update(app_url=self.app_url, token=annotator_token(self.realm[1]),
+                          admin=annotator_token(self.realm[1], admin=True))
 
     # liveness
     def app_alive(self) -> bool:
@@ -610,6 +623,13 @@ def kinds(stack: Stack) -> list[Kind]:
                 client.close()
         return send
 
+    def not_echoing(send, secret: bytes):
+        """A kind that fails (no status) when the answer carries ``secret``, a file's content."""
+        def checked(s: Stack) -> Answer:
+            a = send(s)
+            return Answer(None, f"the answer echoes the file: {a.reason}", a.body) if secret in a.body else a
+        return checked
+
     def marker_absent(name: str):
         return lambda s: f"{name} written: code sent by the client ran" if (s.outside / name).exists() else None
 
@@ -661,8 +681,10 @@ def kinds(stack: Stack) -> list[Kind]:
              infer(f"image={q(str(temp / 'other.nii.gz'))}&output=json"), issue_item="4"),
         Kind("infer_temp_symlink", app, "POST /infer/lumbar_spine?image=<temp>/link.nii.gz (symlink to outside)",
              infer(f"image={q(str(temp / 'link.nii.gz'))}&output=json"), issue_item="4"),
-        Kind("infer_preset_path", app, "POST /infer/lumbar_spine with preset=/etc/passwd",
-             infer(f"image={image}&output=json", {"preset": "/etc/passwd"}), issue_item="10"),
+        Kind("train_preset_path", app, "POST /train/sagittal with {\"preset\": \"/etc/passwd\"} (admin token with --auth)",
+             not_echoing(lambda s: request(s.app_url, "POST", "/train/sagittal", json.dumps({"preset": "/etc/passwd"}).encode(),
+                                           {"Content-Type": "application/json"}), b"root:"),
+             issue_item="10"),
         Kind("infer_unknown_model", app, "POST /infer/no_such_model", infer(f"image={image}", model="no_such_model"), issue_item="10"),
         Kind("unknown_strategy", app, "POST /activelearning/no_such_strategy",
              lambda s: request(s.app_url, "POST", "/activelearning/no_such_strategy", b"{}", {"Content-Type": "application/json"}),
@@ -775,6 +797,8 @@ def probe(stack: Stack, kind: Kind) -> Row:
     token = BEARER["token"]
     if kind.name.startswith("unauth_"):
         BEARER["token"] = None  # these kinds probe what a client without credentials can do
+    elif kind.name.startswith("train_") and BEARER["admin"]:
+        BEARER["token"] = BEARER["admin"]
     try:
         with Peak(stack.pids()) as peak:
             answer = kind.send(stack)

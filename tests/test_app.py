@@ -490,3 +490,99 @@ def test_bad_requests_get_a_4xx_with_the_reason_not_a_500(server, studies, tmp_p
     status, body = server.post(f"/infer/sagittal?session_id={body['session_id']}&output=json")
     assert status == 200 and "report" in body, body
     assert server.get("/info/")[0] == 200
+
+
+# --- request bounds and the security probe (issue 16) ----------------------------------------------
+
+def _probe():
+    """benchmarks/security_probe.py as a module: its raw HTTP client and its kinds of request."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "security_probe.py"
+    if "security_probe" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("security_probe", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["security_probe"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["security_probe"]
+
+
+def _chunked(url: str, target: str, body: bytes, content_type: str, timeout: float = 60) -> tuple[int | None, bytes]:
+    """POST ``body`` with ``Transfer-Encoding: chunked`` (no Content-Length), in 64 KiB chunks."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.putrequest("POST", target)
+        conn.putheader("Content-Type", content_type)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        try:
+            for i in range(0, len(body), 1 << 16):
+                chunk = body[i:i + (1 << 16)]
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused mid-body: read the answer
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_oversized_requests_are_refused_before_the_body_is_read(server):
+    """A body without a file over 1 MiB, declared or chunked, and a body with a file over the
+    upload budget are 413 with the bound; a long URL is 414, too many headers 431; the server
+    does not wait for (or read) a declared body it refuses."""
+    p = _probe()
+    json_type = {"Content-Type": "application/json"}
+    big = b'{"a": "' + b"x" * (2 << 20) + b'"}'
+    a = p.request(server.url, "POST", "/activelearning/random", big, json_type, timeout=30)
+    assert a.status == 413 and "at most 1 MiB" in a.reason, a
+    status, body = _chunked(server.url, "/activelearning/random", big, "application/json")
+    assert status == 413 and b"at most 1 MiB" in body, (status, body[:300])
+    assert p.request(server.url, "POST", "/activelearning/random", b"{}", json_type).status == 200
+
+    # a file upload declaring more than the budget: answered from Content-Length, the body never sent
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    try:
+        conn.putrequest("PUT", "/datastore/image?image=too_big")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(2**28 + 2**25))  # 288 MiB > 273 MiB
+        conn.endheaders(b"--x\r\n")
+        r = conn.getresponse()
+        assert r.status == 413 and b"at most 273 MiB" in r.read()
+    finally:
+        conn.close()
+
+    a = p.request(server.url, "GET", "/info/?q=" + "a" * 9000)
+    assert a.status == 414 and "limit of 8,192" in a.reason, a
+    a = p.request(server.url, "GET", "/info/", headers={f"X-H{i}": "v" for i in range(150)})
+    assert a.status == 431 and "limit of 100" in a.reason, a
+    assert server.get("/info/")[0] == 200
+
+
+def test_hostile_requests_of_the_security_probe_are_refused(server, studies, tmp_path):
+    """A few kinds of each app family of benchmarks/security_probe.py (paths, reads outside the
+    datastore, hostile files, oversized requests, bad parameters), sent as the probe sends them:
+    each is a 4xx, the server stays up and no file of the datastore or beside it changes."""
+    from types import SimpleNamespace
+
+    p = _probe()
+    (tmp_path / "outside").mkdir()
+    stack = SimpleNamespace(app_url=server.url, images=sorted(x.name.removesuffix(".nii.gz") for x in studies.glob("*.nii.gz")),
+                            outside=tmp_path / "outside", tmp=server.tmp, key="unused", triton_http=None, triton_grpc=None)
+    chosen = ["image_id_dotdot", "image_id_nul", "label_tag_dotdot", "download_image_dotdot", "infer_absolute_path",
+              "infer_temp_file", "upload_absurd_header", "upload_absurd_spacing", "oversized_header", "many_headers",
+              "oversized_url", "huge_json_body", "deeply_nested_json", "train_preset_path", "unknown_strategy"]
+    kinds = {k.name: k for k in p.kinds(stack)}
+    before, outside = _files(studies), _files(tmp_path)
+    for name in chosen:
+        answer = kinds[name].send(stack)
+        assert answer.status is not None and 400 <= answer.status < 500, (name, answer.status, answer.reason)
+        assert server.get("/info/")[0] == 200, name
+    assert _files(studies) == before and _files(tmp_path) == outside

@@ -301,3 +301,33 @@ def test_exposure_rule(host, auth, allow, refused):
     assert serving.listen_host(["monailabel", "start_server", "--app", "a"]) == "0.0.0.0"  # monailabel's default
     assert serving.listen_host(["monailabel", "start_server", "-i", "127.0.0.1"]) == "127.0.0.1"
     assert serving.listen_host(["uvicorn", "monailabel.app:app"]) == "127.0.0.1"  # uvicorn's default
+
+
+def test_hostile_requests_of_the_security_probe_are_refused_with_authentication_on(server, realm, studies, tmp_path):
+    """Kinds of benchmarks/security_probe.py against the deployment-mode server: the unauth_*
+    kinds without a token are 401 and delete nothing; a body over its bound is 413 before the
+    token is even looked at; an admin's training request naming a server file as its preset is
+    422 before any task is submitted (MONAI Label answered SUBMITTED), the file not echoed."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("security_probe_auth", REPO / "benchmarks" / "security_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = probe
+    spec.loader.exec_module(probe)
+    folder, _, ids = studies
+    (tmp_path / "outside").mkdir()
+    stack = SimpleNamespace(app_url=server.url, images=ids, outside=tmp_path / "outside", tmp=tmp_path, key="unused",
+                            triton_http=None, triton_grpc=None)
+    kinds = {k.name: k for k in probe.kinds(stack)}
+    files = sorted(str(p) for p in folder.rglob("*.nii.gz"))
+    for name in ("unauth_delete_label", "unauth_delete_image", "unauth_logs", "unauth_model_upload"):
+        answer = kinds[name].send(stack)
+        assert answer.status == 401, (name, answer)
+    answer = kinds["huge_json_body"].send(stack)
+    assert answer.status == 413 and "at most 1 MiB" in answer.reason, answer
+    probe.BEARER.update(app_url=server.url, token=token(realm[1], "admin"))
+    answer = kinds["train_preset_path"].send(stack)
+    assert answer.status == 422 and "no such training preset" in answer.reason and "root:" not in answer.reason, answer
+    assert sorted(str(p) for p in folder.rglob("*.nii.gz")) == files
+    assert call(server, "GET", "/health/")[0] == 200

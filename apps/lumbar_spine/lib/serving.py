@@ -42,6 +42,9 @@ TRUE = ("1", "true", "yes", "on")
 DEFAULT_INFER_WORKERS = 2
 DEFAULT_INFER_QUEUE = 32  # requests running or waiting; more get 503
 RETRY_AFTER_S = 10
+MAX_PLAIN_BODY = 2**20  # bytes of a body that carries no file (JSON, url-encoded form)
+MAX_TARGET = 8 * 2**10  # bytes of path plus query string
+MAX_HEADERS = 100  # header fields of one request
 
 
 class ExposureError(RuntimeError):
@@ -131,6 +134,138 @@ def install_token_check() -> None:
 
     from_token.lumbarseg = True  # type: ignore[attr-defined]
     auth.from_token = from_token  # get_current_user looks it up at call time
+
+
+# --- bounds on the request itself ---------------------------------------------------------------
+
+def max_upload_bytes() -> int:
+    """The largest body that may carry a file (``multipart/form-data``): an uncompressed NIfTI of
+    :data:`lumbarseg.io.budget.MAX_VOXELS` float32 voxels, its largest header, and 1 MiB of
+    multipart framing and form fields (273 MiB). Any study the readers would accept fits (int16,
+    uint8 and float32 raw, or gzipped); a float64 study at the voxel limit must be sent gzipped."""
+    from lumbarseg.io.budget import MAX_HEADER_BYTES, MAX_VOXELS
+
+    return MAX_VOXELS * 4 + MAX_HEADER_BYTES + 2**20
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
+class RequestLimits:
+    """ASGI wrapper: refuses a request over its bounds before the endpoint reads its body.
+
+    * the URL (path and query) over ``max_target`` bytes: 414; more than ``max_headers`` header
+      fields: 431 (uvicorn itself answers 400 and closes to a request head over 16 KiB, h11's
+      limit, before the app sees it);
+    * a body over its bound: 413. ``multipart/form-data`` may carry a file and gets ``upload``
+      bytes; every other body (JSON, url-encoded form) gets ``plain``. A ``Content-Length``
+      over the bound is refused before a byte of the body is read; a chunked body is counted as
+      it arrives and cut off at the bound (the endpoint sees the client disconnect; the 413 goes
+      out instead of whatever it would answer)."""
+
+    def __init__(self, app, *, plain: int = MAX_PLAIN_BODY, upload: int | None = None, max_target: int = MAX_TARGET,
+                 max_headers: int = MAX_HEADERS):
+        self.app = app
+        self.plain = plain
+        self.upload = max_upload_bytes() if upload is None else upload
+        self.max_target = max_target
+        self.max_headers = max_headers
+        self.refused = 0
+
+    @staticmethod
+    async def _answer(send, status: int, detail: str) -> None:
+        import json
+
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        target = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string") or b"")
+        headers = scope.get("headers") or []
+        if target > self.max_target:
+            self.refused += 1
+            return await self._answer(send, 414, f"URL of {target:,} bytes, over the limit of {self.max_target:,} "
+                                                 "(path and query string): ids and tags are short names")
+        if len(headers) > self.max_headers:
+            self.refused += 1
+            return await self._answer(send, 431, f"{len(headers)} header fields, over the limit of {self.max_headers}")
+        content_type = length = b""
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                length = value
+        upload = content_type.lower().lstrip().startswith(b"multipart/form-data")
+        limit = self.upload if upload else self.plain
+        what = (f"a request with a file may carry at most {_mib(limit)} (an uncompressed study at the voxel limit "
+                "of lumbarseg.io.budget, its header and the form)") if upload else \
+            f"a request without a file (JSON, form fields) may carry at most {_mib(limit)}"
+        if length.strip().isdigit() and int(length) > limit:
+            self.refused += 1
+            return await self._answer(send, 413, f"request body of {int(length):,} bytes is too large: {what}")
+
+        received = 0
+        cut = started = False
+
+        async def limited_receive():
+            nonlocal received, cut
+            if cut:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    cut = True
+                    self.refused += 1
+                    if not started:
+                        await self._answer(send, 413, f"request body over {limit:,} bytes is too large: {what}")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if cut:
+                return  # the 413 went out; the endpoint's answer to the cut-off body is dropped
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:  # the endpoint failing on the body we cut off: already answered 413
+            if not cut:
+                raise
+            log.info("request body cut off at %d bytes (413): %s %s", limit, scope.get("method"), scope.get("path"))
+
+
+def install_request_limits(app, limits: RequestLimits | None = None) -> RequestLimits:
+    """Put :class:`RequestLimits` in front of ``app``'s router, inside Starlette's error and CORS
+    middleware (so a browser client sees the 413 with its CORS headers); idempotent."""
+    installed = getattr(app.state, "lumbarseg_request_limits", None)
+    if installed is not None:
+        return installed
+    limits = limits or RequestLimits(app.router)
+    limits.app = app.router
+    if app.middleware_stack is None:  # built at the first ASGI call (the lifespan); build it now
+        app.middleware_stack = app.build_middleware_stack()
+    node = app.middleware_stack
+    while node is not None and getattr(node, "app", None) is not app.router:
+        node = getattr(node, "app", None)
+    if node is None:  # an unexpected stack: wrap all of it
+        limits.app = app.middleware_stack
+        app.middleware_stack = limits
+    else:
+        node.app = limits
+    app.state.lumbarseg_request_limits = limits
+    log.info("request bounds: body without a file %s, with a file %s, URL %d bytes, %d headers",
+             _mib(limits.plain), _mib(limits.upload), limits.max_target, limits.max_headers)
+    return limits
 
 
 # --- inference off the event loop ----------------------------------------------------------------
@@ -235,6 +370,43 @@ def _replace(app, path: str, method: str, endpoint=None, **kwargs):
     return old
 
 
+def check_train_params(params) -> None:
+    """The training request's ``preset`` (top level, or per model for ``POST /train/``) must be a
+    preset name (:func:`lib.guards.training_preset`, 422 otherwise). MONAI Label runs a train
+    task in a subprocess and answers ``SUBMITTED`` at once, so the task's own check came too late
+    to refuse the request; this runs in the server before the task is submitted."""
+    from lib import guards
+
+    if not isinstance(params, dict):
+        return
+    guards.training_preset(params)
+    for value in params.values():
+        if isinstance(value, dict):
+            guards.training_preset(value)
+
+
+def install_train_check(app) -> None:
+    """``POST /train/{model}`` and ``POST /train/`` check their parameters
+    (:func:`check_train_params`) after the role check, before MONAI Label submits the task."""
+    from monailabel.config import settings
+
+    api = settings.MONAI_LABEL_API_STR
+    for path in (f"{api}/train/{{model}}", f"{api}/train/"):
+        found = _find_route(app.router, path, "POST")
+        if found is None:
+            raise RuntimeError(f"MONAI Label has no POST {path} route (monailabel version changed?)")
+        original = found[0].routes[found[1]].endpoint
+
+        def checked(original=original):
+            @functools.wraps(original)  # same parameters and role check as MONAI Label's endpoint
+            async def api_train(**kwargs):
+                check_train_params(kwargs.get("params"))
+                return await original(**kwargs)
+            return api_train
+
+        _replace(app, path, "POST", checked())
+
+
 def install_routes(app, queue: InferQueue) -> None:
     """See the module doc; idempotent (a ``POST /reload`` builds a new app object, not a new
     server)."""
@@ -270,6 +442,7 @@ def install_routes(app, queue: InferQueue) -> None:
     app.router.add_api_route(f"{api}/health/", health, methods=["GET"], tags=["Health"],
                              summary="Liveness: answers without a token while infers run")
 
+    install_train_check(app)
     for method in ("PUT", "DELETE"):
         _replace(app, f"{api}/model/{{model}}", method, dependencies=admin)
     if _find_route(app.router, "/reload", "POST"):
@@ -288,3 +461,4 @@ def serve(conf: dict) -> None:
     import monailabel.app
 
     install_routes(monailabel.app.app, infer_queue_from(conf))
+    install_request_limits(monailabel.app.app)
