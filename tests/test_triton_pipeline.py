@@ -425,3 +425,29 @@ def test_a_server_killed_mid_request_is_a_clear_error_and_a_restart_serves_again
         server.stop()
         for client in clients.values():
             client.close()
+
+
+def test_hostile_triton_requests_of_the_security_probe_are_refused(served, tmp_path):
+    """Kinds of benchmarks/security_probe.py's Triton families, sent by its own code: loads that
+    ship code (HTTP without a key, gRPC), an unload, the issue's absurd JSON shape without the key
+    are refused (403) and nothing runs; a malformed tensor with the key is 400; the pipeline still
+    serves after each."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "security_probe.py"
+    spec = importlib.util.spec_from_file_location("security_probe_triton", path)
+    probe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = probe
+    spec.loader.exec_module(probe)
+    (tmp_path / "outside").mkdir()
+    stack = SimpleNamespace(triton_http=served["http"], triton_grpc=served["grpc"].removeprefix("grpc://"), key=KEY,
+                            outside=tmp_path / "outside", tmp=tmp_path, images=["unused"], app_url=None)
+    kinds = {k.name: k for k in probe.kinds(stack)}
+    for name, expected in (("triton_load_file_override", 403), ("triton_grpc_load_override", 403),
+                           ("triton_unload", 403), ("triton_json_absurd_shape", 403), ("triton_wrong_rank", 400)):
+        kind = kinds[name]
+        answer = kind.send(stack)
+        assert answer.status == expected, (name, answer)
+        assert kind.extra is None or kind.extra(stack) is None, name
+    assert not list((tmp_path / "outside").iterdir())
