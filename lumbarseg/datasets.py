@@ -185,7 +185,11 @@ def encode_allowed(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = allowed.shape[0]
     table = np.ones((IGNORE + 1, k), bool)
     table[:k] = np.eye(k, dtype=bool)
-    patterns, inverse = np.unique(allowed.reshape(k, -1).T, axis=0, return_inverse=True)
+    # Each pixel's set as one integer, class 0 the highest bit: np.unique on integers is ~50x
+    # faster than on boolean rows (axis=0) and sorts the sets in the same order.
+    bits = 1 << np.arange(k - 1, -1, -1, dtype=np.int64)
+    values, inverse = np.unique(np.tensordot(bits, allowed.reshape(k, -1), axes=1), return_inverse=True)
+    patterns = (values[:, None] & bits) > 0
     single = patterns.sum(axis=1) == 1
     mixed = np.flatnonzero(~single)
     if k + len(mixed) > IGNORE:
