@@ -468,40 +468,6 @@ class Stack:
 # -- memory sampling -----------------------------------------------------------------------------
 
 
-class Peak:
-    def __init__(self, pids: dict[str, int]):
-        self.pids = pids
-        self.peak = {name: 0 for name in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        import psutil
-
-        while not self._stop.is_set():
-            for name, pid in self.pids.items():
-                total = 0
-                try:
-                    root = psutil.Process(pid)
-                    for p in [root, *root.children(recursive=True)]:
-                        try:
-                            total += p.memory_info().rss
-                        except psutil.Error:
-                            pass
-                except psutil.Error:
-                    pass
-                self.peak[name] = max(self.peak[name], total)
-            self._stop.wait(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 # -- the kinds -------------------------------------------------------------------------------------
 
 
@@ -800,7 +766,7 @@ def probe(stack: Stack, kind: Kind) -> Row:
     elif kind.name.startswith("train_") and BEARER["admin"]:
         BEARER["token"] = BEARER["admin"]
     try:
-        with Peak(stack.pids()) as peak:
+        with tb.PeakMemory(stack.pids()) as peak:
             answer = kind.send(stack)
             problem = kind.extra(stack) if kind.extra else None
     finally:
@@ -817,7 +783,7 @@ def probe(stack: Stack, kind: Kind) -> Row:
     ok_status = answer.status is not None and (200 <= answer.status < 300 if kind.control else 400 <= answer.status < 500)
     row = Row(kind.name, kind.target, kind.what, kind.issue_item, answer.status, reason, app_alive, triton_alive,
               intact=not changed and not problem, changed=changed[:10], temp_left=temp_left,
-              peak_rss_mib={k: round(v / 2**20) for k, v in peak.peak.items()}, seconds=round(seconds, 2),
+              peak_rss_mib=dict(peak.rss), seconds=round(seconds, 2),
               control=kind.control)
     row.passed = ok_status and app_alive and triton_alive and row.intact and temp_left == 0
     return row

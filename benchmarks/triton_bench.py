@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -260,6 +261,33 @@ def tree_rss(pid: int) -> int:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+class PeakMemory:
+    """Peak summed RSS and PSS (MiB) of each named process tree (:func:`tree_memory`), sampled in
+    a thread while the ``with`` block runs: ``.rss[name]``, ``.pss[name]``."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.2):
+        self.pids, self.interval = pids, interval
+        self.rss = {name: 0 for name in pids}
+        self.pss = dict(self.rss)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                now = tree_memory(pid)
+                self.rss[name], self.pss[name] = max(self.rss[name], now["rss_mib"]), max(self.pss[name], now["pss_mib"])
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def tree_memory(pid: int) -> dict:

@@ -20,7 +20,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,28 +31,6 @@ import triton_bench as tb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUTPUTS = ["PROBABILITIES", "CLASSES", "SAGITTAL_PROBABILITIES", "CORONAL_PROBABILITIES", "AXIAL_PROBABILITIES"]
-
-
-class PeakMemory:
-    def __init__(self, pid: int, interval: float = 0.25):
-        self.pid, self.interval = pid, interval
-        self.pss = self.rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        while not self._stop.is_set():
-            now = tb.tree_memory(self.pid)
-            self.pss, self.rss = max(self.pss, now["pss_mib"]), max(self.rss, now["rss_mib"])
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def set_parameter(config: Path, key: str, value: str) -> None:
@@ -127,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                 idle = tb.tree_memory(server.process.pid)["pss_mib"] if idle is None else idle
                 image = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
                 start = time.monotonic()
-                with PeakMemory(server.process.pid) as peak:
+                with tb.PeakMemory({"triton": server.process.pid}) as peak:
                     client.infer(image, OUTPUTS)
                 seconds = time.monotonic() - start
                 del image
         finally:
             server.stop()
-        row = {"shape": list(shape), "voxels": int(np.prod(shape)), "peak_pss_mib": peak.pss, "peak_rss_mib": peak.rss,
+        row = {"shape": list(shape), "voxels": int(np.prod(shape)), "peak_pss_mib": peak.pss["triton"], "peak_rss_mib": peak.rss["triton"],
                "seconds": seconds}
         rows.append(row)
         print(row, flush=True)

@@ -21,6 +21,20 @@ def shared_data() -> Path:
     return path
 
 
+def security_probe():
+    """``benchmarks/security_probe.py`` as a module (loaded once): its raw HTTP client, its kinds
+    of hostile request and its stand-in Keycloak realm, which the tests send as the probe does."""
+    import importlib.util
+    import sys
+
+    if "security_probe" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("security_probe", REPO / "benchmarks" / "security_probe.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["security_probe"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["security_probe"]
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     import socket

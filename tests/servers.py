@@ -21,6 +21,33 @@ from conftest import REPO, free_port
 APP = REPO / "apps" / "lumbar_spine"
 
 
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body as MONAI Label's clients send uploads: (body, content type)."""
+    boundary = "lumbarsegboundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
+              f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+              for k, (name, data) in files.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def http_json(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+              timeout: float = 300) -> tuple[int, dict]:
+    """(status, JSON body) of one request, error statuses included; a body that is not JSON comes
+    back as ``{"text": <its first 200 characters>}``."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"text": raw[:200].decode(errors="replace")}
+
+
 def require_viewer_packages() -> None:
     """Skip when Orthanc, its DICOMweb plugin or Chromium is missing (``scripts/setup.sh``
     installs them when run as root); in CI (``CI`` set) that is a failure, not a skip."""

@@ -21,8 +21,8 @@ from monailabel.client import MONAILabelClient
 
 from lumbarseg import io, phantom, tissues
 
-from conftest import free_port, untrained_weights
-from servers import Server
+from conftest import free_port, security_probe, untrained_weights
+from servers import Server, http_json, multipart
 
 MODELS = {"lumbar_spine", "sagittal", "coronal", "axial"}
 
@@ -87,9 +87,9 @@ def test_bad_study_gets_a_4xx_with_the_reason_and_the_server_stays_up(server, tm
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti file at all")
     with broken.open("rb") as f:
-        body, boundary = _multipart({"params": "{}"}, {"file": ("broken.nii.gz", f.read())})
+        body, content_type = multipart({"params": "{}"}, {"file": ("broken.nii.gz", f.read())})
     req = urllib.request.Request(server.url + "/infer/lumbar_spine", data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                                 headers={"Content-Type": content_type})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=120)
     assert err.value.code == 422
@@ -205,17 +205,6 @@ def test_triton_backend_down_gives_503_not_a_hang(studies, tmp_path):
         s.stop()
 
 
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = "lumbarsegboundary"
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
-
-
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -227,18 +216,8 @@ def _write(path: Path, data: bytes) -> Path:
 def _send(server, method: str, path: str, files: dict | None = None, fields: dict | None = None,
           timeout: float = 300) -> tuple[int, dict]:
     """A multipart request the way MONAI Label's clients send uploads; (status, JSON body)."""
-    body, boundary = _multipart(fields or {}, files or {})
-    req = urllib.request.Request(server.url + path, data=body, method=method,
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    try:
-        return status, json.loads(raw or b"{}")
-    except ValueError:
-        return status, {"raw": raw[:200].decode(errors="replace")}
+    body, content_type = multipart(fields or {}, files or {})
+    return http_json(server.url + path, method, body, {"Content-Type": content_type}, timeout)
 
 
 def _nifti(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> bytes:
@@ -494,20 +473,6 @@ def test_bad_requests_get_a_4xx_with_the_reason_not_a_500(server, studies, tmp_p
 
 # --- request bounds and the security probe (issue 16) ----------------------------------------------
 
-def _probe():
-    """benchmarks/security_probe.py as a module: its raw HTTP client and its kinds of request."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "security_probe.py"
-    if "security_probe" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("security_probe", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["security_probe"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["security_probe"]
-
-
 def _chunked(url: str, target: str, body: bytes, content_type: str, timeout: float = 60) -> tuple[int | None, bytes]:
     """POST ``body`` with ``Transfer-Encoding: chunked`` (no Content-Length), in 64 KiB chunks."""
     import http.client
@@ -536,7 +501,7 @@ def test_oversized_requests_are_refused_before_the_body_is_read(server):
     """A body without a file over 1 MiB, declared or chunked, and a body with a file over the
     upload budget are 413 with the bound; a long URL is 414, too many headers 431; the server
     does not wait for (or read) a declared body it refuses."""
-    p = _probe()
+    p = security_probe()
     json_type = {"Content-Type": "application/json"}
     big = b'{"a": "' + b"x" * (2 << 20) + b'"}'
     a = p.request(server.url, "POST", "/activelearning/random", big, json_type, timeout=30)
@@ -572,7 +537,7 @@ def test_hostile_requests_of_the_security_probe_are_refused(server, studies, tmp
     each is a 4xx, the server stays up and no file of the datastore or beside it changes."""
     from types import SimpleNamespace
 
-    p = _probe()
+    p = security_probe()
     (tmp_path / "outside").mkdir()
     stack = SimpleNamespace(app_url=server.url, images=sorted(x.name.removesuffix(".nii.gz") for x in studies.glob("*.nii.gz")),
                             outside=tmp_path / "outside", tmp=server.tmp, key="unused", triton_http=None, triton_grpc=None)

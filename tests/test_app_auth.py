@@ -15,19 +15,12 @@ start (and so never binds).
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
@@ -37,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lumbarseg import io, phantom, viewer
 
-from conftest import REPO, free_port, untrained_weights
+from conftest import REPO, free_port, security_probe, untrained_weights
+from servers import http_json, multipart
 
 APP = REPO / "apps" / "lumbar_spine"
 USER, ANNOTATOR, REVIEWER, ADMIN = ("monailabel-user", "monailabel-annotator", "monailabel-reviewer",
@@ -58,28 +52,8 @@ def _pem(key) -> bytes:
 @pytest.fixture(scope="module")
 def realm():
     """STAND-IN for Keycloak's realm endpoint (``GET /realms/lumbarseg`` -> ``{"public_key": ...}``,
-    base64 DER as Keycloak sends it); yields (realm URL, private key in PEM)."""
-    key = _key()
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    body = json.dumps({"realm": "lumbarseg", "public_key": base64.b64encode(der).decode(),
-                       "token-service": "unused", "account-service": "unused", "tokens-not-before": 0}).encode()
-
-    class Realm(BaseHTTPRequestHandler):
-        def do_GET(self):
-            ok = self.path.rstrip("/") == "/realms/lumbarseg"
-            self.send_response(200 if ok else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body if ok else b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Realm)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/realms/lumbarseg", _pem(key)
-    httpd.shutdown()
+    base64 DER as Keycloak sends it), the probe's own; (realm URL, private key in PEM)."""
+    return security_probe().start_realm()
 
 
 def token(private_pem: bytes, role: str | None, *, algorithm: str = "RS256", expires_in: float | None = 600) -> str:
@@ -158,30 +132,11 @@ def call(server, method: str, path: str, bearer: str | None = None, body: bytes 
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     if content_type:
         headers["Content-Type"] = content_type
-    req = urllib.request.Request(server.url + path, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    try:
-        return status, json.loads(raw or b"{}")
-    except ValueError:
-        return status, {"text": raw[:200].decode(errors="replace")}
-
-
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
-              f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
-              for k, (name, data) in files.items()]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    return http_json(server.url + path, method, body, headers)
 
 
 def put_label(server, bearer: str | None, image_id: str, label: Path, tag: str = "final") -> tuple[int, dict]:
-    body, content_type = _multipart({"params": "{}"}, {"label": (label.name, label.read_bytes())})
+    body, content_type = multipart({"params": "{}"}, {"label": (label.name, label.read_bytes())})
     return call(server, "PUT", f"/datastore/label?image={image_id}&tag={tag}", bearer, body, content_type)
 
 
@@ -308,13 +263,9 @@ def test_hostile_requests_of_the_security_probe_are_refused_with_authentication_
     kinds without a token are 401 and delete nothing; a body over its bound is 413 before the
     token is even looked at; an admin's training request naming a server file as its preset is
     422 before any task is submitted (MONAI Label answered SUBMITTED), the file not echoed."""
-    import importlib.util
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("security_probe_auth", REPO / "benchmarks" / "security_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = probe
-    spec.loader.exec_module(probe)
+    probe = security_probe()
     folder, _, ids = studies
     (tmp_path / "outside").mkdir()
     stack = SimpleNamespace(app_url=server.url, images=ids, outside=tmp_path / "outside", tmp=tmp_path, key="unused",

@@ -26,6 +26,8 @@ import tritonclient.http as http
 from lumbarseg import phantom, pipeline, planes, tissues
 from lumbarseg.networks.fusion import fusion_net
 from lumbarseg.networks.plane_net import plane_net
+
+from conftest import security_probe
 from lumbarseg.triton.client import TritonSegmenter
 from lumbarseg.triton.export import MODELS, NETWORK_MODELS, TEMPLATE, next_version, read_config
 from lumbarseg.triton.server import TritonError
@@ -432,14 +434,9 @@ def test_hostile_triton_requests_of_the_security_probe_are_refused(served, tmp_p
     ship code (HTTP without a key, gRPC), an unload, the issue's absurd JSON shape without the key
     are refused (403) and nothing runs; a malformed tensor with the key is 400; the pipeline still
     serves after each."""
-    import importlib.util
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "security_probe.py"
-    spec = importlib.util.spec_from_file_location("security_probe_triton", path)
-    probe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = probe
-    spec.loader.exec_module(probe)
+    probe = security_probe()
     (tmp_path / "outside").mkdir()
     stack = SimpleNamespace(triton_http=served["http"], triton_grpc=served["grpc"].removeprefix("grpc://"), key=KEY,
                             outside=tmp_path / "outside", tmp=tmp_path, images=["unused"], app_url=None)
