@@ -43,6 +43,9 @@ DEFAULT_INFER_WORKERS = 2
 DEFAULT_INFER_QUEUE = 32  # requests running or waiting; more get 503
 RETRY_AFTER_S = 10
 MAX_PLAIN_BODY = 2**20  # bytes of a body that carries no file (JSON, url-encoded form)
+# Bodies that carry files: uploads (MONAI Label's forms), DICOMweb STOW-RS through /proxy/dicom
+# (OHIF stores a DICOM-SEG as multipart/related), raw DICOM or bytes.
+FILE_TYPES = (b"multipart/form-data", b"multipart/related", b"application/dicom", b"application/octet-stream")
 MAX_TARGET = 8 * 2**10  # bytes of path plus query string
 MAX_HEADERS = 100  # header fields of one request
 
@@ -158,8 +161,8 @@ class RequestLimits:
     * the URL (path and query) over ``max_target`` bytes: 414; more than ``max_headers`` header
       fields: 431 (uvicorn itself answers 400 and closes to a request head over 16 KiB, h11's
       limit, before the app sees it);
-    * a body over its bound: 413. ``multipart/form-data`` may carry a file and gets ``upload``
-      bytes; every other body (JSON, url-encoded form) gets ``plain``. A ``Content-Length``
+    * a body over its bound: 413. A body of one of :data:`FILE_TYPES` may carry a file and gets
+      ``upload`` bytes; every other body (JSON, url-encoded form) gets ``plain``. A ``Content-Length``
       over the bound is refused before a byte of the body is read; a chunked body is counted as
       it arrives and cut off at the bound (the endpoint sees the client disconnect; the 413 goes
       out instead of whatever it would answer)."""
@@ -201,7 +204,7 @@ class RequestLimits:
                 content_type = value
             elif name == b"content-length":
                 length = value
-        upload = content_type.lower().lstrip().startswith(b"multipart/form-data")
+        upload = content_type.lower().lstrip().startswith(FILE_TYPES)
         limit = self.upload if upload else self.plain
         what = (f"a request with a file may carry at most {_mib(limit)} (an uncompressed study at the voxel limit "
                 "of lumbarseg.io.budget, its header and the form)") if upload else \
