@@ -42,12 +42,13 @@ def load_study(path: str | Path | Sequence[str | Path], modalities: Sequence[str
 
 def check_study(path: str | Path, spacing: float | None = None) -> None:
     """Refuse a study file over the budgets of :mod:`lumbarseg.io.budget` from its header alone
-    (voxels, voxel size, header size, gzip inflation) and, given the model's ``spacing`` (mm),
-    the network grid it would be resampled to. A NIfTI file is checked here; a DICOM folder's
-    headers are checked by :func:`load_study` before any pixel is read, its grid by
-    :func:`lumbarseg.pipeline.segment_series`."""
+    (voxels, voxel size, header size) and, given the model's ``spacing`` (mm), the network grid
+    it would be resampled to. The voxel data (gzip inflation, truncation) is not read here:
+    :func:`load_study`, which every caller runs next, checks it before loading. A NIfTI file is
+    checked here; a DICOM folder's headers are checked by :func:`load_study` before any pixel is
+    read, its grid by :func:`lumbarseg.pipeline.segment_series`."""
     if isinstance(path, (str, Path)) and is_nifti(path):
-        shape, _, affine, _ = check_header(path)
+        shape, _, affine, _ = check_header(path, data=False)
         if spacing:
             budget.check_grid(path, shape, budget.affine_spacing(affine), float(spacing))
 

@@ -56,13 +56,13 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[tuple[int, int, 
     return tuple(shape[:3]), (shape[3] if len(shape) == 4 else 1)  # type: ignore[return-value]
 
 
-def check_header(path: str | Path, img: nib.Nifti1Image | None = None, counted: int = 0) -> tuple[
-        tuple[int, int, int], int, np.ndarray, int]:
+def check_header(path: str | Path, img: nib.Nifti1Image | None = None, counted: int = 0, *,
+                 data: bool = True) -> tuple[tuple[int, int, int], int, np.ndarray, int]:
     """The header's (I, J, K), channel count and affine, after the budgets of
     :mod:`lumbarseg.io.budget` (voxels, with ``counted`` voxels already loaded for the same
-    study; voxel size; header size; the file holding, and a gzip stream inflating to, what the
-    header declares): nothing but the header and a streamed pass over a gzip file is read.
-    Returns ``(shape, channels, affine, total voxels so far)``."""
+    study; voxel size; header size; with ``data``, the file holding, and a gzip stream inflating
+    to, what the header declares): nothing but the header and, with ``data``, a streamed pass
+    over a gzip file is read. Returns ``(shape, channels, affine, total voxels so far)``."""
     path = Path(path)
     img = _open(path) if img is None else img
     shape, count = _spatial_shape(path, img.shape)
@@ -80,9 +80,9 @@ def check_header(path: str | Path, img: nib.Nifti1Image | None = None, counted: 
     if offset > budget.MAX_HEADER_BYTES:
         raise StudyError(path, f"voxel data starts at byte {offset:,}, beyond the {budget.MAX_HEADER_BYTES:,} "
                                "bytes a header with extensions may take")
-    if str(path).lower().endswith(".gz"):
+    if data and str(path).lower().endswith(".gz"):
         budget.check_gzip(path, offset + data_bytes)
-    elif path.stat().st_size < offset + data_bytes:
+    elif data and path.stat().st_size < offset + data_bytes:
         raise StudyError(path, f"truncated or corrupt image data: {path.stat().st_size:,} bytes, the header "
                                f"declares {offset + data_bytes:,}")
     return shape, count, affine, total
