@@ -766,7 +766,7 @@ def probe(stack: Stack, kind: Kind) -> Row:
     elif kind.name.startswith("train_") and BEARER["admin"]:
         BEARER["token"] = BEARER["admin"]
     try:
-        with tb.PeakMemory(stack.pids()) as peak:
+        with tb.RssSampler(stack.pids(), 0.2) as peak:
             answer = kind.send(stack)
             problem = kind.extra(stack) if kind.extra else None
     finally:
@@ -783,7 +783,7 @@ def probe(stack: Stack, kind: Kind) -> Row:
     ok_status = answer.status is not None and (200 <= answer.status < 300 if kind.control else 400 <= answer.status < 500)
     row = Row(kind.name, kind.target, kind.what, kind.issue_item, answer.status, reason, app_alive, triton_alive,
               intact=not changed and not problem, changed=changed[:10], temp_left=temp_left,
-              peak_rss_mib=dict(peak.rss), seconds=round(seconds, 2),
+              peak_rss_mib={k: round(v / 2**20) for k, v in peak.peak.items()}, seconds=round(seconds, 2),
               control=kind.control)
     row.passed = ok_status and app_alive and triton_alive and row.intact and temp_left == 0
     return row

@@ -263,33 +263,6 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-class PeakMemory:
-    """Peak summed RSS and PSS (MiB) of each named process tree (:func:`tree_memory`), sampled in
-    a thread while the ``with`` block runs: ``.rss[name]``, ``.pss[name]``."""
-
-    def __init__(self, pids: dict[str, int], interval: float = 0.2):
-        self.pids, self.interval = pids, interval
-        self.rss = {name: 0 for name in pids}
-        self.pss = dict(self.rss)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for name, pid in self.pids.items():
-                now = tree_memory(pid)
-                self.rss[name], self.pss[name] = max(self.rss[name], now["rss_mib"]), max(self.pss[name], now["pss_mib"])
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def tree_memory(pid: int) -> dict:
     """Per process of a tree: RSS, PSS and USS in MiB. Summed RSS counts pages shared between
     processes (libraries, Triton's shared-memory regions with its python stubs) once per
@@ -311,20 +284,25 @@ def tree_memory(pid: int) -> dict:
 
 class RssSampler:
     """Samples :func:`tree_rss` of some process trees every ``interval`` s in a thread; keeps
-    the peak of each tree and of their sum."""
+    the peak of each tree (bytes, ``peak``) and of their sum; with ``pss``, also each tree's
+    peak summed PSS (MiB, ``pss``; :func:`tree_memory`, which reads every process's smaps)."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.25):
-        import threading
-
-        self.pids, self.interval = pids, interval
+    def __init__(self, pids: dict[str, int], interval: float = 0.25, *, pss: bool = False):
+        self.pids, self.interval, self.with_pss = pids, interval, pss
         self.peak = {name: 0 for name in pids}
+        self.pss = {name: 0 for name in pids}
         self.peak_sum = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            now = {name: tree_rss(pid) for name, pid in self.pids.items()}
+            if self.with_pss:
+                trees = {name: tree_memory(pid) for name, pid in self.pids.items()}
+                now = {name: tree["rss_mib"] * 2**20 for name, tree in trees.items()}
+                self.pss = {name: max(self.pss[name], tree["pss_mib"]) for name, tree in trees.items()}
+            else:
+                now = {name: tree_rss(pid) for name, pid in self.pids.items()}
             for name, value in now.items():
                 self.peak[name] = max(self.peak[name], value)
             self.peak_sum = max(self.peak_sum, sum(now.values()))

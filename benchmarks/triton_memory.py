@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                 idle = tb.tree_memory(server.process.pid)["pss_mib"] if idle is None else idle
                 image = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
                 start = time.monotonic()
-                with tb.PeakMemory({"triton": server.process.pid}) as peak:
+                with tb.RssSampler({"triton": server.process.pid}, pss=True) as peak:
                     client.infer(image, OUTPUTS)
                 seconds = time.monotonic() - start
                 del image
         finally:
             server.stop()
-        row = {"shape": list(shape), "voxels": int(np.prod(shape)), "peak_pss_mib": peak.pss["triton"], "peak_rss_mib": peak.rss["triton"],
+        row = {"shape": list(shape), "voxels": int(np.prod(shape)), "peak_pss_mib": peak.pss["triton"], "peak_rss_mib": round(peak.peak["triton"] / 2**20),
                "seconds": seconds}
         rows.append(row)
         print(row, flush=True)
