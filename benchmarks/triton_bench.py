@@ -60,12 +60,12 @@ class OnnxPredictor:
     """The networks on in-process onnxruntime sessions over the exported files (same chunking
     of slice stacks as the pipeline model)."""
 
-    def __init__(self, repository: Path, threads: int, batch: int = 32):
+    def __init__(self, repository: Path, threads: int, spacing: float, batch: int = 32):
         import onnxruntime as ort
 
         from lumbarseg import planes
 
-        self.planes, self.batch = planes, batch
+        self.planes, self.batch, self.spacing = planes, batch, spacing
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         self.sessions = {m: ort.InferenceSession(str(repository / m / "1" / "model.onnx"), options,
@@ -82,7 +82,7 @@ class OnnxPredictor:
             parts = [self._run(f"plane_{plane}", "IMAGE", stack[i : i + self.batch]) for i in range(0, len(stack), self.batch)]
             per_plane[plane] = self.planes.restack(np.concatenate(parts), plane)
         k = next(iter(per_plane.values())).shape[0]
-        fused = self._run("fusion", "FUSION_INPUT", self.planes.fusion_input(per_plane, image.shape[1:], k)[None])[0]
+        fused = self._run("fusion", "FUSION_INPUT", self.planes.fusion_input(per_plane, image.shape[1:], k, spacing=self.spacing)[None])[0]
         return per_plane, fused
 
 
@@ -112,13 +112,16 @@ from lumbarseg import planes
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.spacing = float(json.loads(args["model_config"])["parameters"]["spacing_mm"]["string_value"])
+
     def execute(self, requests):
         out = []
         for r in requests:
             per_plane = {p: np.ascontiguousarray(planes.restack(
                 pb_utils.get_input_tensor_by_name(r, f"{p.upper()}_SLICES").as_numpy(), p)) for p in planes.PLANES}
             k, *shape = per_plane["sagittal"].shape
-            tensors = [pb_utils.Tensor("FUSION_INPUT", planes.fusion_input(per_plane, tuple(shape), k)[None])]
+            tensors = [pb_utils.Tensor("FUSION_INPUT", planes.fusion_input(per_plane, tuple(shape), k, spacing=self.spacing)[None])]
             tensors += [pb_utils.Tensor(f"{p.upper()}_PROBABILITIES", v) for p, v in per_plane.items()]
             out.append(pb_utils.InferenceResponse(tensors))
         return out
@@ -129,7 +132,7 @@ def _config(name: str, body: str) -> str:
     return f'name: "{name}"\n' + textwrap.dedent(body)
 
 
-def add_ensemble(repository: Path, k: int, max_slices: int) -> None:
+def add_ensemble(repository: Path, k: int, max_slices: int, spacing: float) -> None:
     """``spine_ensemble``: preprocess (python) -> three plane models -> postprocess (python) ->
     fusion, as a Triton ensemble. Each plane step gets a whole slice stack as one batch, so
     its plane model needs ``max_batch_size`` >= the slice count (copies ``ens_plane_*``)."""
@@ -165,6 +168,7 @@ def add_ensemble(repository: Path, k: int, max_slices: int) -> None:
             output [ {{ name: "FUSION_INPUT" data_type: TYPE_FP32 dims: [ -1, {3 * (k + 1)}, -1, -1, -1 ] }},
                      {probs} ]
             instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+            parameters {{ key: "spacing_mm" value: {{ string_value: "{spacing:g}" }} }}
         """),
     ):
         (repository / name / "1").mkdir(parents=True)
@@ -575,8 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         image = planes.resample(planes.network_input(series),
                                 planes.grid_size(planes.to_canonical(series), segmenter.spacing), "trilinear")
         if "ensemble" not in skip:
-            add_ensemble(repository, tissues.NUM_TISSUES, max(image.shape[1:]))
-        onnx = OnnxPredictor(repository, args.threads)
+            add_ensemble(repository, tissues.NUM_TISSUES, max(image.shape[1:]), segmenter.spacing)
+        onnx = OnnxPredictor(repository, args.threads, segmenter.spacing)
         results = {"note": args.note, "command": " ".join(["benchmarks/triton_bench.py", *(argv or sys.argv[1:])]),
                    "machine": machine(args.threads),
                    "study": {"seed": args.seed, "shape": list(series.shape), "modalities": list(series.modalities),

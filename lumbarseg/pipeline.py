@@ -36,11 +36,11 @@ def predict_plane(model: nn.Module, image: np.ndarray, plane: str, batch_size: i
 
 
 @torch.no_grad()
-def fuse(model: nn.Module, probabilities: dict[str, np.ndarray]) -> np.ndarray:
-    """Fused class probabilities ``(K, X, Y, Z)`` from per-plane probabilities."""
+def fuse(model: nn.Module, probabilities: dict[str, np.ndarray], spacing: float) -> np.ndarray:
+    """Fused class probabilities ``(K, X, Y, Z)`` from per-plane probabilities on a ``spacing`` mm grid."""
     model.eval()
     k, *shape = next(iter(probabilities.values())).shape
-    x = torch.from_numpy(planes.fusion_input(probabilities, tuple(shape), k))[None]
+    x = torch.from_numpy(planes.fusion_input(probabilities, tuple(shape), k, spacing=spacing))[None]
     return model(x).softmax(dim=1)[0].numpy()
 
 
@@ -86,7 +86,7 @@ class Segmenter:
     def predict(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Per-plane and fused probabilities ``(K, X, Y, Z)`` of a network input (see :func:`segment_series`)."""
         per_plane = self.plane_probabilities(image)
-        return per_plane, fuse(self.fusion, per_plane)
+        return per_plane, fuse(self.fusion, per_plane, self.spacing)
 
     def segment(self, series: Series) -> Segmentation:
         return segment_series(series, self.spacing, self.predict)

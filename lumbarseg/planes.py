@@ -12,9 +12,10 @@ Data contract:
 * The **fusion input** is ``(P * (K + 1), X, Y, Z)``, plane-major in :data:`PLANES` order: for
   each plane its K class probabilities, then its position channel. The position channel is
   the voxel's relative position along the plane's normal, ``(i + 0.5) / N`` in ``(0, 1)``, and
-  ``0`` where that plane has no slice covering the voxel (its probabilities are 0 there too).
   It is the paper's "relative position encoding parameter": a 2D model is most reliable in the
   middle of an object along its normal, and the fusion learns where to trust which plane.
+  A plane with no data (absent, or cutting a narrow sagittal slab: :func:`slab_planes`) gives
+  zeros in all of its channels.
 """
 
 from __future__ import annotations
@@ -76,35 +77,50 @@ def restack(slices: Array, plane: str) -> Array:
     return slices.movedim(0, axis) if isinstance(slices, torch.Tensor) else np.moveaxis(slices, 0, axis)
 
 
-def position_encoding(shape: tuple[int, int, int], plane: str, covered: np.ndarray | None = None) -> np.ndarray:
-    """``(X, Y, Z)`` float32: relative position along the plane's normal, 0 where not covered."""
+def position_encoding(shape: tuple[int, int, int], plane: str) -> np.ndarray:
+    """``(X, Y, Z)`` float32: relative position along the plane's normal."""
     axis = NORMAL_AXIS[plane]
     n = shape[axis]
     ramp = ((np.arange(n, dtype=np.float32) + 0.5) / n).reshape([-1 if a == axis else 1 for a in range(3)])
-    encoding = np.broadcast_to(ramp, shape).astype(np.float32)
-    return encoding if covered is None else np.where(covered, encoding, np.float32(0))
+    return np.broadcast_to(ramp, shape).astype(np.float32)
+
+
+# A sagittal slab narrower than this from left to right (mm) leaves the axial and coronal planes a
+# strip of the spine in every slice, not its anatomy: on SPIDER's 13-30 mm wide T2 SPACE stacks
+# they scored disc Dice 0.12 (axial) and 0.77 (coronal) against sagittal's 0.85. Vertebral bodies
+# are 40-50 mm wide. Short superior-inferior extents are no such problem: on IVDM3Seg's 31 mm
+# tall disc crops every plane scores 0.78-0.84.
+MIN_SLAB_MM = 40.0
+
+
+def slab_planes(shape: tuple[int, int, int], spacing: float) -> set[str]:
+    """The planes with no data on a canonical ``shape`` grid at ``spacing`` mm: axial and coronal
+    when it spans less than :data:`MIN_SLAB_MM` from left to right, else none."""
+    return {"coronal", "axial"} if shape[0] * spacing < MIN_SLAB_MM else set()
 
 
 def fusion_input(
     probabilities: Mapping[str, np.ndarray],
     shape: tuple[int, int, int],
     num_classes: int,
-    covered: Mapping[str, np.ndarray] | None = None,
+    *,
+    spacing: float,
 ) -> np.ndarray:
     """Stack per-plane ``(K, X, Y, Z)`` probabilities and position channels into the fusion's
-    ``(P * (K + 1), X, Y, Z)`` input. A plane absent from ``probabilities`` contributes zeros
-    everywhere (no data), so fusion still answers from the planes that are there."""
+    ``(P * (K + 1), X, Y, Z)`` input (grid of ``spacing`` mm). A plane absent from
+    ``probabilities``, or cutting a narrow sagittal slab (:func:`slab_planes`),
+    contributes zeros everywhere (no data), so fusion answers from the planes that see anatomy."""
+    slabs = slab_planes(shape, spacing)
     channels = []
     for plane in PLANES:
         probs = probabilities.get(plane)
-        if probs is None:
+        if probs is not None and probs.shape != (num_classes, *shape):
+            raise ValueError(f"{plane} probabilities have shape {probs.shape}, expected {(num_classes, *shape)}")
+        if probs is None or plane in slabs:
             channels.append(np.zeros((num_classes + 1, *shape), np.float32))
             continue
-        if probs.shape != (num_classes, *shape):
-            raise ValueError(f"{plane} probabilities have shape {probs.shape}, expected {(num_classes, *shape)}")
-        mask = None if covered is None else covered.get(plane)
         channels.append(probs.astype(np.float32, copy=False))
-        channels.append(position_encoding(shape, plane, mask)[None])
+        channels.append(position_encoding(shape, plane)[None])
     return np.concatenate(channels, axis=0)
 
 

@@ -362,12 +362,14 @@ class PatchDataset(Dataset):
         return torch.from_numpy(patch), torch.from_numpy(allowed)
 
 
-def fusion_inputs(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume]) -> list[np.ndarray]:
-    """Per volume, the fusion's input (float16) from the plane networks' predictions of it."""
+def fusion_inputs(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
+                  spacing: float) -> list[np.ndarray]:
+    """Per volume (on a ``spacing`` mm grid), the fusion's input (float16) from the plane
+    networks' predictions of it."""
     inputs = []
     for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
         probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
-        inputs.append(planes.fusion_input(probs, volume.shape, tissues.NUM_TISSUES).astype(np.float16))
+        inputs.append(planes.fusion_input(probs, volume.shape, tissues.NUM_TISSUES, spacing=spacing).astype(np.float16))
     return inputs
 
 
@@ -377,7 +379,7 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
     if not volumes:
         raise StudyError(out, "no fusion-group studies: the fusion learns on out-of-fold predictions, so it needs "
                               "subjects the plane networks do not train on")
-    return fit_fusion(fusion_inputs(plane_models, volumes), volumes, preset, out / "checkpoints" / "fusion.ckpt", init)
+    return fit_fusion(fusion_inputs(plane_models, volumes, preset.spacing_mm), volumes, preset, out / "checkpoints" / "fusion.ckpt", init)
 
 
 def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset,

@@ -7,6 +7,7 @@ tests check behaviour, not segmentation quality."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import urllib.error
@@ -65,7 +66,7 @@ def test_info_lists_models_labels_strategies_and_scoring(server):
     assert info["labels"] == list(tissues.STUDY_LABELS.values())  # a list, numbered from 1 by OHIF
     assert set(info["trainers"]) == MODELS
     assert {"disagreement", "random", "epistemic"} <= set(info["strategies"])
-    assert "plane_disagreement" in info["scoring"]
+    assert {"plane_disagreement", "epistemic_entropy"} <= set(info["scoring"])
 
 
 @pytest.mark.parametrize("model", ["lumbar_spine", "sagittal"])
@@ -150,6 +151,20 @@ def test_disagreement_scores_carry_the_model_version_and_rank_the_next_sample(se
     second = server.post("/activelearning/disagreement")[1]
     assert first["id"] == ranked[0]
     assert second["id"] == ranked[1]  # the first was served a moment ago
+
+
+def test_epistemic_scores_are_mc_dropout_entropies_and_rank_the_next_sample(server, studies):
+    status, result = server.post("/scoring/epistemic_entropy?run_sync=true")
+    assert status == 200, result
+    datastore = server.get("/datastore/?output=all")[1]
+    scores = {image_id: obj["image"]["info"]["epistemic_entropy"] for image_id, obj in datastore["objects"].items()}
+    assert len(scores) == 3
+    # entropy in bits of 9 classes (untrained networks: close to log2(9), never above)
+    assert all(0.0 < s["score"] <= math.log2(len(tissues.TISSUE_NAMES)) and s["samples"] == 8 for s in scores.values())
+    assert server.post("/scoring/epistemic_entropy?run_sync=true")[1]["up_to_date"] == 3
+    first = server.post("/activelearning/epistemic")[1]
+    assert first["epistemic_entropy"]["score"] == max(s["score"] for s in scores.values())
+    assert server.post("/activelearning/epistemic")[1]["id"] != first["id"]  # served a moment ago
 
 
 def test_a_train_request_without_final_labels_is_refused(server):

@@ -58,22 +58,31 @@ def test_position_encoding_and_fusion_input_layout():
     pos = planes.position_encoding(shape, "axial")
     np.testing.assert_allclose(pos[0, 0], (np.arange(6) + 0.5) / 6)
     assert np.ptp(pos[:, :, 3]) == 0  # constant within an axial slice
-    covered = np.zeros(shape, bool)
-    covered[:, :, 2] = True
-    sparse = planes.position_encoding(shape, "axial", covered)
-    assert (sparse[:, :, 2] > 0).all() and (sparse[~covered] == 0).all()
 
     k = 2
     probs = {p: np.full((k, *shape), i + 1, np.float32) / 10 for i, p in enumerate(planes.PLANES)}
     del probs["coronal"]
-    fused = planes.fusion_input(probs, shape, k)
+    fused = planes.fusion_input(probs, shape, k, spacing=10.0)  # 40 mm left to right: no slab
     assert fused.shape == (3 * (k + 1), *shape)
     np.testing.assert_allclose(fused[0:2], 0.1)          # sagittal probabilities
     np.testing.assert_allclose(fused[2], planes.position_encoding(shape, "sagittal"))
     assert not fused[3:6].any()                            # coronal absent: all zero
     np.testing.assert_allclose(fused[6:8], 0.3)           # axial probabilities
     with pytest.raises(ValueError, match="sagittal probabilities have shape"):
-        planes.fusion_input({"sagittal": np.zeros((3, *shape))}, shape, k)
+        planes.fusion_input({"sagittal": np.zeros((3, *shape))}, shape, k, spacing=10.0)
+
+
+def test_a_narrow_sagittal_slab_leaves_the_fusion_only_the_sagittal_plane():
+    # SPIDER-like: 20 mm from left to right, a long spine; axial and coronal slices are strips
+    shape, k = (10, 30, 60), 2
+    probs = {p: np.full((k, *shape), 0.5, np.float32) for p in planes.PLANES}
+    assert planes.slab_planes(shape, 2.0) == {"coronal", "axial"}
+    fused = planes.fusion_input(probs, shape, k, spacing=2.0)
+    assert fused[: k + 1].all() and not fused[k + 1 :].any()
+    # the same grid at 4 mm spans 40 mm: every plane sees anatomy; a short superior-inferior
+    # extent (IVDM3Seg's 31 mm disc crops) never removes a plane
+    assert planes.slab_planes(shape, 4.0) == set() == planes.slab_planes((47, 29, 21), 1.5)
+    assert planes.fusion_input(probs, shape, k, spacing=4.0).all()
 
 
 def test_network_input_picks_slots_and_normalises():

@@ -6,8 +6,8 @@ active learning by plane disagreement.
         [--conf triton_repository model_repository]
 
 Models (infer and train tasks): ``lumbar_spine`` (the fused ensemble, the default),
-``sagittal``, ``coronal``, ``axial``. Strategies: ``disagreement`` (ours), ``random`` and
-``epistemic`` (MONAI Label's). Scoring: ``plane_disagreement``.
+``sagittal``, ``coronal``, ``axial``. Strategies: ``disagreement`` and ``epistemic`` (the
+highest score of ``plane_disagreement`` or ``epistemic_entropy`` scoring first), ``random``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 import monailabel
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.tasks.activelearning.epistemic import Epistemic
 
 from lumbarseg import planes
 from lumbarseg.triton.client import DEFAULT_URL
@@ -67,7 +66,7 @@ class LumbarSpineApp(MONAILabelApp):
         return {name: config.trainer() for name, config in self.models.items()}
 
     def init_strategies(self) -> dict:
-        return {**self.models[DEFAULT_MODEL].strategy(), "random": Random(), "epistemic": Epistemic()}
+        return {**self.models[DEFAULT_MODEL].strategy(), "random": Random()}
 
     def init_scoring_methods(self) -> dict:
         return self.models[DEFAULT_MODEL].scoring_method()

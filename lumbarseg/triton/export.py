@@ -127,7 +127,8 @@ def _fusion_example(segmenter, volume: np.ndarray, size: tuple[int, int, int]) -
     patch = np.ascontiguousarray(volume[:, start[0] : start[0] + size[0], start[1] : start[1] + size[1],
                                         start[2] : start[2] + size[2]])
     per_plane = segmenter.plane_probabilities(patch)
-    return torch.from_numpy(planes.fusion_input(per_plane, patch.shape[1:], segmenter.fusion.num_classes))[None]
+    return torch.from_numpy(planes.fusion_input(per_plane, patch.shape[1:], segmenter.fusion.num_classes,
+                                                spacing=segmenter.spacing))[None]
 
 
 def _graph_signature(path: Path) -> dict[str, tuple[str, list[int | None]]]:

@@ -89,6 +89,7 @@ class SpinePipeline:
         self.batch = int(parameters["plane_batch_size"])
         self.max_voxels = int(parameters["max_voxels"])
         self.max_extent = int(parameters.get("max_extent", 0)) or None
+        self.spacing = float(parameters["spacing_mm"])
         self.num_classes = next(int(o["dims"][0]) for o in config["output"] if o["name"] == PROBABILITIES)
 
     async def execute(self, requests: list) -> list:
@@ -121,7 +122,7 @@ class SpinePipeline:
         try:
             stacks = await asyncio.gather(*(self._plane(image, plane) for plane in self.planes.PLANES))
             per_plane = dict(zip(self.planes.PLANES, stacks))
-            fusion_input = self.planes.fusion_input(per_plane, shape, self.num_classes)[None]
+            fusion_input = self.planes.fusion_input(per_plane, shape, self.num_classes, spacing=self.spacing)[None]
             fused = (await self._infer("fusion", "FUSION_INPUT", fusion_input))[0]
             del fusion_input  # 30 channels: the largest array, not needed for the outputs
         except _Failed as err:

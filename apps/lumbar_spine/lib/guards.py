@@ -262,7 +262,7 @@ def _session_image(session, image: str, sessions) -> bool:
 
 def known(name, table: dict, what: str) -> None:
     if name not in table:
-        raise HTTPException(status_code=404, detail=f"unknown {what} {name!r}; {what}s: {sorted(table)}")
+        raise HTTPException(status_code=404, detail=f"unknown {what} {name!r}; known: {sorted(table)}")
 
 
 def training_preset(request: dict) -> dict:

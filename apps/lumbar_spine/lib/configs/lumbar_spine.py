@@ -10,9 +10,9 @@ from pathlib import Path
 
 from monailabel.interfaces.config import TaskConfig
 
-from lib.activelearning.disagreement import Disagreement
+from lib.activelearning.highest_score import HighestScore
 from lib.infers.segment import LABELS, SegmentLumbarSpine
-from lib.scoring.plane_disagreement import KEY, PlaneDisagreement
+from lib.scoring import epistemic, plane_disagreement
 from lib.trainers.retrain import Retrain
 
 
@@ -49,7 +49,11 @@ class LumbarSpineConfig(_Config):
                    "by level, with the findings report (dural sac, herniation, stenosis)")
 
     def strategy(self) -> dict:
-        return {"disagreement": Disagreement()}
+        return {"disagreement": HighestScore(plane_disagreement.KEY, "Highest plane disagreement first "
+                                                                     "(unlabelled studies, not served recently)"),
+                "epistemic": HighestScore(epistemic.KEY, "Highest MC-dropout entropy first "
+                                                         "(unlabelled studies, not served recently)")}
 
     def scoring_method(self) -> dict:
-        return {KEY: PlaneDisagreement(self.model)}
+        return {plane_disagreement.KEY: plane_disagreement.PlaneDisagreement(self.model),
+                epistemic.KEY: epistemic.EpistemicEntropy(self.model)}
