@@ -9,7 +9,8 @@ every name and lost the top disc. Here levels come from anatomy, in patient spac
    them, pointing superior), so lordosis and oblique acquisitions do not matter;
 3. the anchor is the sacrum when one is visible (and no longer than an adult sacrum,
    ``max_sacrum_length_mm``): the lowest disc above its top is L5-S1, and "discs" inside the
-   sacrum are dropped. Without a sacrum the lowest disc is taken as L5-S1
+   sacrum are dropped, unless a whole vertebral body sits on one (the sacrum is fused: such a
+   "sacrum" took in lumbar bone). Without a sacrum the lowest disc is taken as L5-S1
    (the lowest body as L5), with lower confidence;
 4. names go up from the anchor, skipping a level where the gap to the next disc is about twice
    the usual spacing (a disc not found); discs above T11-T12 stay unnamed;
@@ -188,11 +189,17 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
         sacrum = None
     if sacrum is not None:
         top = float(span.max())
-        inside = [d for d in discs if d.position < top - 5.0]
+        below_top = [d for d in discs if d.position < top - 5.0]
+        lumbar = _carrying_a_body(below_top, discs, bodies)
+        if lumbar:
+            # The sacrum is fused: no whole vertebral body sits on a disc inside it. A "sacrum"
+            # reaching over such discs took in lumbar bone (L5, even L3-L5 in some masks).
+            notes.append(f"{len(lumbar)} disc(s) below the 'sacrum' top kept: a whole vertebral body sits on each")
+        inside = {id(d) for d in below_top} - {id(d) for d in lumbar}
         if inside:
             notes.append(f"{len(inside)} disc-like object(s) within the sacrum ignored")
-        discs = [d for d in discs if d.position >= top - 5.0]
-        anchor, confidence = "sacrum", 0.95
+        discs = [d for d in discs if id(d) not in inside]
+        anchor, confidence = "sacrum", 0.8 if lumbar else 0.95
     elif not discs and bodies:
         anchor = "lowest body"
     discs = _regularise(discs, affine, axis, notes, split=False)
@@ -207,6 +214,22 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
         confidence *= 0.8
         notes.append("irregular disc spacing: a disc may be missing or split")
     return Levels(discs, bodies, sacrum, round(confidence, 3), anchor, notes)
+
+
+def _carrying_a_body(candidates: list[Instance], discs: list[Instance], bodies: list[Instance]) -> list[Instance]:
+    """The whole ``candidates`` (at least half the median disc's volume; a sacral disc remnant
+    is smaller) with a whole vertebral body (likewise) above them, below the next disc up."""
+    if not bodies:
+        return []
+    whole_disc = 0.5 * float(np.median([d.volume_mm3 for d in discs]))
+    whole_body = 0.5 * float(np.median([b.volume_mm3 for b in bodies]))
+    out = []
+    for disc in candidates:
+        ceiling = min((d.position for d in discs if d.position > disc.position), default=np.inf)
+        if disc.volume_mm3 >= whole_disc and any(disc.position < b.position < ceiling and b.volume_mm3 >= whole_body
+                                                 for b in bodies):
+            out.append(disc)
+    return out
 
 
 def _name_bodies(bodies: list[Instance], discs: list[Instance]) -> None:

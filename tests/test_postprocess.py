@@ -67,6 +67,16 @@ def test_a_sacrum_segmented_as_disc_does_not_shift_names():
     assert any("within the sacrum" in n for n in levels.notes)
 
 
+def test_a_sacrum_reaching_over_lumbar_discs_does_not_swallow_them():
+    # the shipped model's failure on phantoms: "sacrum" painted up beside L5 and the L4-L5 disc
+    classes, affine, truth = column()
+    classes[0:5, :, 10:90] = SACRUM  # joins the sacrum; its top is above the L4-L5 disc (76-86)
+    levels = postprocess.name_levels(classes, affine)
+    assert levels.anchor == "sacrum" and names(levels) == truth
+    assert [b.name for b in levels.bodies][:2] == ["L5", "L4"]
+    assert any("2 disc(s) below the 'sacrum' top kept" in n for n in levels.notes) and levels.confidence < 0.9
+
+
 def test_naming_is_in_patient_space_on_an_oblique_grid():
     theta = np.deg2rad(30)
     rot = np.array([[1, 0, 0, 0], [0, np.cos(theta), -np.sin(theta), 0], [0, np.sin(theta), np.cos(theta), 0], [0, 0, 0, 1]])
