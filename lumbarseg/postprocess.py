@@ -32,7 +32,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "postprocess.json"
 DISC, BODY, SACRUM = (tissues.TISSUE_NAMES.index(n) for n in ("disc", "vertebral_body", "sacrum"))
 
 
-@dataclass
+@dataclass(eq=False)  # one object of a mask: identity, not (array) field equality
 class Instance:
     tissue: str
     mask: np.ndarray  # (I, J, K) bool
@@ -195,10 +195,10 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
             # The sacrum is fused: no whole vertebral body sits on a disc inside it. A "sacrum"
             # reaching over such discs took in lumbar bone (L5, even L3-L5 in some masks).
             notes.append(f"{len(lumbar)} disc(s) below the 'sacrum' top kept: a whole vertebral body sits on each")
-        inside = {id(d) for d in below_top} - {id(d) for d in lumbar}
+        inside = [d for d in below_top if d not in lumbar]
         if inside:
             notes.append(f"{len(inside)} disc-like object(s) within the sacrum ignored")
-        discs = [d for d in discs if id(d) not in inside]
+        discs = [d for d in discs if d not in inside]
         anchor, confidence = "sacrum", 0.8 if lumbar else 0.95
     elif not discs and bodies:
         anchor = "lowest body"

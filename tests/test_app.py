@@ -139,11 +139,16 @@ def test_concurrent_infer_requests_are_all_answered(server, studies):
     assert all(body["report"]["subject"] in image_ids for _, body in results)
 
 
-def test_disagreement_scores_carry_the_model_version_and_rank_the_next_sample(server, studies):
-    status, result = server.post("/scoring/plane_disagreement?run_sync=true")
+def _scored(server, method: str) -> dict[str, dict]:
+    """Run a scoring method over the datastore; the entry it stored per study."""
+    status, result = server.post(f"/scoring/{method}?run_sync=true")
     assert status == 200, result
     datastore = server.get("/datastore/?output=all")[1]
-    scores = {image_id: obj["image"]["info"]["plane_disagreement"] for image_id, obj in datastore["objects"].items()}
+    return {image_id: obj["image"]["info"][method] for image_id, obj in datastore["objects"].items()}
+
+
+def test_disagreement_scores_carry_the_model_version_and_rank_the_next_sample(server, studies):
+    scores = _scored(server, "plane_disagreement")
     assert len(scores) == 3
     assert all(0.0 <= s["score"] <= 1.0 and s["model_version"] == "shipped" for s in scores.values())
     ranked = sorted(scores, key=lambda i: scores[i]["score"], reverse=True)
@@ -154,10 +159,7 @@ def test_disagreement_scores_carry_the_model_version_and_rank_the_next_sample(se
 
 
 def test_epistemic_scores_are_mc_dropout_entropies_and_rank_the_next_sample(server, studies):
-    status, result = server.post("/scoring/epistemic_entropy?run_sync=true")
-    assert status == 200, result
-    datastore = server.get("/datastore/?output=all")[1]
-    scores = {image_id: obj["image"]["info"]["epistemic_entropy"] for image_id, obj in datastore["objects"].items()}
+    scores = _scored(server, "epistemic_entropy")
     assert len(scores) == 3
     # entropy in bits of 9 classes (untrained networks: close to log2(9), never above)
     assert all(0.0 < s["score"] <= math.log2(len(tissues.TISSUE_NAMES)) and s["samples"] == 8 for s in scores.values())

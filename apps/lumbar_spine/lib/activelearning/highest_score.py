@@ -15,8 +15,8 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 
 class HighestScore(Strategy):
-    def __init__(self, key: str, description: str, reset: int = 3600):
-        super().__init__(description)
+    def __init__(self, key: str, what: str, reset: int = 3600):
+        super().__init__(f"Highest {what} first (unlabelled studies, not served recently)")
         self.key = key
         self.reset = reset
 

@@ -49,10 +49,8 @@ class LumbarSpineConfig(_Config):
                    "by level, with the findings report (dural sac, herniation, stenosis)")
 
     def strategy(self) -> dict:
-        return {"disagreement": HighestScore(plane_disagreement.KEY, "Highest plane disagreement first "
-                                                                     "(unlabelled studies, not served recently)"),
-                "epistemic": HighestScore(epistemic.KEY, "Highest MC-dropout entropy first "
-                                                         "(unlabelled studies, not served recently)")}
+        return {"disagreement": HighestScore(plane_disagreement.KEY, "plane disagreement"),
+                "epistemic": HighestScore(epistemic.KEY, "MC-dropout entropy")}
 
     def scoring_method(self) -> dict:
         return {plane_disagreement.KEY: plane_disagreement.PlaneDisagreement(self.model),
