@@ -28,20 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton_bench as tb  # noqa: E402
 
+from lumbarseg.triton.server import GRPC_ADMIN_HEADER  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BINARY = REPO / ".venv" / "perf_analyzer" / "perf_analyzer"
 
 
-def perf_analyzer(binary: Path, protocol: str, port: int, shape: list[int], concurrency: str, work: Path,
-                  requests: int, key: str) -> list[dict]:
-    """Rows of perf_analyzer's CSV report (latencies in ms) for one protocol."""
+def perf_analyzer(binary: Path, port: int, shape: list[int], concurrency: str, work: Path, requests: int,
+                  key: str) -> list[dict]:
+    """Rows of perf_analyzer's CSV report (latencies in ms) over gRPC (HTTP inference is closed:
+    lumbarseg.triton.server)."""
+    protocol = "grpc"
     report = work / f"perf_{protocol}.csv"
     command = [str(binary), "-m", "spine_pipeline", "-u", f"127.0.0.1:{port}", "-i", protocol,
                "--shape", "IMAGE:" + ",".join(map(str, shape)), "--input-data", "zero",
                "--concurrency-range", concurrency, "--measurement-mode", "count_windows",
                "--measurement-request-count", str(requests), "--stability-percentage", "50", "--max-trials", "3",
                "--percentile", "90", "-f", str(report),
-               "-H", f"{'triton-grpc-protocol-' if protocol == 'grpc' else ''}lumbarseg-admin-key:{key}"]  # inference is restricted
+               "-H", f"{GRPC_ADMIN_HEADER}:{key}"]  # inference is restricted
     print(" ".join(command), flush=True)
     run = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     (work / f"perf_{protocol}.log").write_text(run.stdout + run.stderr)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
             tensor.set_data_from_numpy(image)
             start = time.perf_counter()
-            client.infer("spine_pipeline", [tensor], headers=admin_headers("grpc", server.key))  # every output, as perf_analyzer asks
+            client.infer("spine_pipeline", [tensor], headers=admin_headers(server.key))  # every output, as perf_analyzer asks
             return time.perf_counter() - start
 
         request()  # warm-up
@@ -114,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         result["project_client_grpc"] = {"requests": len(ours), "median_ms": round(statistics.median(ours) * 1000, 1),
                                          "latencies_ms": [round(t * 1000, 1) for t in ours]}
         print("project client:", result["project_client_grpc"], flush=True)
-        result["perf_analyzer_rows"] = {
-            protocol: perf_analyzer(binary, protocol, port, list(image.shape), args.concurrency, work, args.requests,
-                                    server.key)
-            for protocol, port in (("grpc", server.grpc_port), ("http", server.http_port))}
+        result["perf_analyzer_rows"] = {"grpc": perf_analyzer(binary, server.grpc_port, list(image.shape), args.concurrency,
+                                                              work, args.requests, server.key)}
     tb.write_results(result, Path(args.out), markdown)
     return 0
 

@@ -117,6 +117,33 @@ def request(base: str, method: str, target: str, body: bytes | None = None, head
         conn.close()
 
 
+# gRPC status -> the HTTP status the table reports (UNAVAILABLE, DEADLINE_EXCEEDED: no answer)
+GRPC_STATUS = {"INVALID_ARGUMENT": 400, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": None,
+               "DEADLINE_EXCEEDED": None}
+
+
+def grpc_infer_raw(address: str, key: str | None, shape: list[int], data: bytes, dtype: str = "FP32",
+                   timeout: float = 120) -> Answer:
+    """One gRPC inference on spine_pipeline built without tritonclient's checks: IMAGE declared
+    as ``shape`` with ``data`` as its bytes, CLASSES asked for."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    req = service_pb2.ModelInferRequest(model_name="spine_pipeline")
+    req.inputs.add(name="IMAGE", datatype=dtype).shape.extend(shape)
+    req.outputs.add(name="CLASSES")
+    req.raw_input_contents.append(data)
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
+                                                 ("grpc.max_receive_message_length", -1)]) as channel:
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                req, metadata=[(GRPC_ADMIN_HEADER, key)] if key else None, timeout=timeout)
+            return Answer(200, "accepted and computed")
+        except grpc.RpcError as err:
+            code = err.code().name
+            return Answer(GRPC_STATUS.get(code, 500), f"gRPC {code}: {' '.join(str(err.details()).split())[:200]}")
+
+
 def reason_of(body: bytes, fallback: str) -> str:
     try:
         data = json.loads(body)
@@ -389,14 +416,7 @@ class Stack:
             return False
         if request(self.triton_http, "GET", "/v2/health/ready", timeout=30).status != 200:
             return False
-        data = np.zeros((3, 4, 4, 4), np.float32).tobytes()
-        header = json.dumps({"inputs": [{"name": "IMAGE", "shape": [3, 4, 4, 4], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": len(data)}}],
-                             "outputs": [{"name": "CLASSES", "parameters": {"binary_data": True}}]}).encode()
-        answer = request(self.triton_http, "POST", "/v2/models/spine_pipeline/infer", header + data,
-                         {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header)),
-                          ADMIN_HEADER: self.key}, timeout=120)
-        return answer.status == 200
+        return grpc_infer_raw(self.triton_grpc, self.key, [3, 4, 4, 4], bytes(4 * 3 * 64)).status == 200
 
     def revive(self) -> None:
         """Restart a server that died (or was killed after a request that never ended), so
@@ -545,26 +565,11 @@ def kinds(stack: Stack) -> list[Kind]:
                            timeout=timeout)
         return send
 
-    def grpc_infer(shape: tuple[int, ...], timeout: float = 180):
-        def send(s: Stack) -> Answer:
-            import tritonclient.grpc as grpc
-            from tritonclient.utils import InferenceServerException
-
-            client = grpc.InferenceServerClient(s.triton_grpc)
-            tensor = grpc.InferInput("IMAGE", list(shape), "FP32")
-            tensor.set_data_from_numpy(np.zeros(shape, np.float32))
-            try:
-                client.infer("spine_pipeline", [tensor], outputs=[grpc.InferRequestedOutput("CLASSES")],
-                             client_timeout=timeout, headers={GRPC_ADMIN_HEADER: s.key})
-                return Answer(200, "accepted and computed")
-            except InferenceServerException as err:
-                code = {"StatusCode.INVALID_ARGUMENT": 400, "StatusCode.PERMISSION_DENIED": 403,
-                        "StatusCode.RESOURCE_EXHAUSTED": 413, "StatusCode.UNAVAILABLE": None,
-                        "StatusCode.DEADLINE_EXCEEDED": None}.get(str(err.status()), 500)
-                return Answer(code, f"gRPC {err.status()}: {' '.join(str(err.message()).split())[:200]}")
-            finally:
-                client.close()
-        return send
+    def grpc_infer(shape: list[int], data: bytes | None = None, dtype: str = "FP32", timeout: float = 180):
+        """gRPC inference with the admin key (the only way in); zeros filling ``shape`` by default."""
+        if data is None:
+            data = bytes(4 * int(np.prod(shape)))
+        return lambda s: grpc_infer_raw(s.triton_grpc, s.key, shape, data, dtype, timeout)
 
     def grpc_admin(call: str):
         def send(s: Stack) -> Answer:
@@ -600,8 +605,17 @@ def kinds(stack: Stack) -> list[Kind]:
         return lambda s: f"{name} written: code sent by the client ran" if (s.outside / name).exists() else None
 
     def triton_still_serves(s: Stack) -> str | None:
-        a = binary_infer([3, 8, 8, 8], np.zeros((3, 8, 8, 8), np.float32).tobytes())(s)
-        return None if a.status == 200 else f"a valid request afterwards answered {a.status}: {a.reason}"
+        a = grpc_infer([3, 8, 8, 8])(s)
+        if a.status == 200:
+            return None
+        if "not healthy" not in a.reason:
+            return f"a valid request afterwards answered {a.status}: {a.reason}"
+        # the python stub died: what the project's client does on meeting it (reload, retry)
+        from lumbarseg.triton.client import TritonSegmenter
+
+        with TritonSegmenter(f"grpc://{s.triton_grpc}", key=s.key, retries=0) as client:
+            client.infer(np.zeros((3, 8, 8, 8), np.float32), ["CLASSES"])
+        return f"the pipeline's stub died ({a.reason}); the project's client reloaded the model and was served"
 
     def models_ready(s: Stack) -> str | None:
         a = request(s.triton_http, "GET", "/v2/models/fusion/ready")
@@ -618,8 +632,8 @@ def kinds(stack: Stack) -> list[Kind]:
     return [
         # ---- controls: the legitimate paths must keep working
         Kind("control_app_info", app, "GET /info/", get("/info/"), control=True),
-        Kind("control_triton_infer", tri, "valid binary infer 3x8x8x8 with the admin key (the app's client)",
-             binary_infer([3, 8, 8, 8], np.zeros((3, 8, 8, 8), np.float32).tobytes()), control=True),
+        Kind("control_triton_infer", tri, "valid gRPC infer 3x8x8x8 with the admin key (the app's client)",
+             grpc_infer([3, 8, 8, 8]), control=True),
         Kind("control_triton_load_with_key", tri, "POST /v2/repository/models/fusion/load with the admin key (the app's reload)",
              triton_post("/v2/repository/models/fusion/load", {}, {ADMIN_HEADER: stack.key}), control=True),
         # ---- app: ids and tags that are paths (item 1)
@@ -713,6 +727,8 @@ def kinds(stack: Stack) -> list[Kind]:
              issue_item="3", extra=triton_still_serves),
         Kind("triton_infer_without_key", tri, "valid binary infer 3x8x8x8 without the admin key",
              binary_infer([3, 8, 8, 8], np.zeros((3, 8, 8, 8), np.float32).tobytes(), key=False), issue_item="2/3"),
+        Kind("triton_http_infer_with_key", tri, "valid binary HTTP infer 3x8x8x8 WITH the admin key (HTTP inference is closed)",
+             binary_infer([3, 8, 8, 8], np.zeros((3, 8, 8, 8), np.float32).tobytes()), issue_item="3"),
         Kind("triton_json_negative_shape", tri, "JSON infer declaring IMAGE [3,-5,4,4]",
              triton_post("/v2/models/spine_pipeline/infer",
                          {"inputs": [{"name": "IMAGE", "shape": [3, -5, 4, 4], "datatype": "FP32", "data": [0.0] * 12}]}),
@@ -726,20 +742,23 @@ def kinds(stack: Stack) -> list[Kind]:
                          {"inputs": [{"name": "IMAGE", "shape": [3, 2**62, 2**62, 4], "datatype": "FP32", "data": [0.0] * 12}]},
                          {ADMIN_HEADER: stack.key}),
              issue_item="3", extra=triton_still_serves),
-        Kind("triton_binary_size_mismatch", tri, "binary infer declaring [3,512,512,512] with 48 bytes (key)",
-             binary_infer([3, 512, 512, 512], bytes(48)), issue_item="3", extra=triton_still_serves),
-        Kind("triton_wrong_dtype", tri, "binary infer IMAGE as INT32 (key)", binary_infer([3, 8, 8, 8], bytes(4 * 3 * 512), "INT32"),
+        Kind("triton_binary_size_mismatch", tri, "gRPC infer declaring [3,512,512,512] with 48 bytes (key)",
+             grpc_infer([3, 512, 512, 512], bytes(48)), issue_item="3", extra=triton_still_serves),
+        Kind("triton_grpc_overflow_shape_with_key", tri,
+             "gRPC infer declaring [3,2^62,2^62,4] with no bytes (key; the element count wraps to 0)",
+             grpc_infer([3, 2**62, 2**62, 4], b""), issue_item="3", extra=triton_still_serves),
+        Kind("triton_wrong_dtype", tri, "gRPC infer IMAGE as INT32 (key)", grpc_infer([3, 8, 8, 8], bytes(4 * 3 * 512), "INT32"),
              issue_item="3"),
-        Kind("triton_wrong_rank", tri, "binary infer IMAGE of rank 3 (key)", binary_infer([3, 8, 8], bytes(4 * 3 * 64)), issue_item="3"),
-        Kind("triton_nan", tri, "binary infer with NaN voxels (key)",
-             binary_infer([3, 8, 8, 8], np.full((3, 8, 8, 8), np.nan, np.float32).tobytes()), issue_item="3"),
+        Kind("triton_wrong_rank", tri, "gRPC infer IMAGE of rank 3 (key)", grpc_infer([3, 8, 8], bytes(4 * 3 * 64)), issue_item="3"),
+        Kind("triton_nan", tri, "gRPC infer with NaN voxels (key)",
+             grpc_infer([3, 8, 8, 8], np.full((3, 8, 8, 8), np.nan, np.float32).tobytes()), issue_item="3"),
         Kind("triton_huge_json_body", tri, "JSON infer body of 80 MiB",
              triton_post("/v2/models/spine_pipeline/infer", b'{"inputs": [{"name": "IMAGE", "data": "' + b"x" * (80 << 20) + b'"}]}'),
              issue_item="3"),
         Kind("triton_flat_slab", tri, "gRPC infer IMAGE 3x2x1024x2048 with the key (4.2 M voxels, slices of 1024x2048)",
-             grpc_infer((3, 2, 1024, 2048)), issue_item="3", extra=triton_still_serves),
+             grpc_infer([3, 2, 1024, 2048]), issue_item="3", extra=triton_still_serves),
         Kind("triton_oversized_volume", tri, "gRPC infer IMAGE 3x160x256x256 with the key (the issue's 11 GB request)",
-             grpc_infer((3, 160, 256, 256), timeout=240), issue_item="3", extra=triton_still_serves),
+             grpc_infer([3, 160, 256, 256], timeout=240), issue_item="3", extra=triton_still_serves),
         Kind("triton_json_absurd_shape_with_key", tri, "the absurd-shape JSON infer sent WITH the admin key",
              triton_post("/v2/models/spine_pipeline/infer",
                          {"inputs": [{"name": "IMAGE", "shape": [3, 20000, 20000, 20000], "datatype": "FP32",

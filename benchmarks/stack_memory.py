@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                    "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
             process = subprocess.Popen([str(bin_dir / "monailabel"), "start_server", "--app", str(app), "--studies",
                                         str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "backend",
-                                        "triton", "--conf", "triton_url", f"http://{server.url}"],
+                                        "triton", "--conf", "triton_url", f"grpc://127.0.0.1:{server.grpc_port}"],
                                        stdout=open(work / "app.log", "wb"), stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
             try:

@@ -350,7 +350,7 @@ def other_load(sample_s: float = 1.0, top: int = 8) -> dict:
 
 # -- the MONAI Label app in front of the Triton server -----------------------------------------
 
-def app_memory(work: Path, weights: Path, series, triton_http: str, triton_pid: int, repeats: int) -> dict:
+def app_memory(work: Path, weights: Path, series, triton_url: str, triton_pid: int, repeats: int) -> dict:
     """``monailabel start_server`` with the app on the Triton backend; RSS of its process tree
     and of Triton's while it serves ``/infer/lumbar_spine`` on the benchmark study."""
     import subprocess
@@ -374,10 +374,10 @@ def app_memory(work: Path, weights: Path, series, triton_http: str, triton_pid: 
     log = work / "monailabel.log"
     process = subprocess.Popen([str(bin_dir / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
                                 "--host", "127.0.0.1", "--port", str(port), "--conf", "backend", "triton",
-                                "--conf", "triton_url", triton_http],
+                                "--conf", "triton_url", triton_url],
                                stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     out: dict = {"command": f"monailabel start_server --app apps/lumbar_spine --studies <1 phantom> --conf backend triton "
-                            f"--conf triton_url {triton_http}"}
+                            f"--conf triton_url {triton_url}"}
     try:
         started = time.perf_counter()
         deadline = time.monotonic() + 300
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = server.process.pid
             memory = results["memory"] = {"triton_idle_mib": round(tree_rss(pid) / 2**20),
                                           "bench_process_idle_mib": round(tree_rss(os.getpid()) / 2**20)}
-            urls = {"triton_http": f"http://{server.url}", "triton_grpc": f"grpc://127.0.0.1:{server.grpc_port}"}
+            urls = {"triton_grpc": f"grpc://127.0.0.1:{server.grpc_port}"}  # inference is gRPC only
             remote = {name: TritonSegmenter(url) for name, url in urls.items()}  # a connection per thread
             backends = {
                 "torch": lambda i: segmenter.segment(series),
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             if "app" not in skip:
                 print("MONAI Label app on Triton ...", flush=True)
                 try:
-                    results["app"] = app_memory(work, weights, series, urls["triton_http"], pid, repeats=2)
+                    results["app"] = app_memory(work, weights, series, urls["triton_grpc"], pid, repeats=2)
                     results["app"]["stack_peak_mib"] = results["app"]["sum_peak_mib"]
                 except Exception as err:  # recorded, not fatal: the latency figures stand on their own
                     results["app"] = {"error": f"{type(err).__name__}: {err}"}
@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
                     tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
                     tensor.set_data_from_numpy(image)
                     answer = raw.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
-                                       headers=admin_headers("grpc", server.key))  # inference needs the admin key
+                                       headers=admin_headers(server.key))  # inference needs the admin key
                     return {n: answer.as_numpy(n) for n in outputs}
 
                 for model in ("spine_pipeline", "spine_ensemble"):
@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(r: dict) -> str:
-    """The results as Markdown tables (what the README quotes)."""
+    """The results as Markdown tables (what docs/performance.md quotes)."""
     m = r["machine"]
     lines = [f"# Segmentation benchmark: {r['weights']}", "",
              f"`{r.get('command', '')}`", "",

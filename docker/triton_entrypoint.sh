@@ -3,7 +3,9 @@
 # with the restricted APIs behind the admin key, exactly as lumbarseg.triton.server does on a
 # CPU machine. Inference, model control (load/unload, including a load that ships its own
 # model.py), shared memory, trace, logging and statistics answer only requests carrying
-# `lumbarseg-admin-key: <key>` (gRPC: `triton-grpc-protocol-lumbarseg-admin-key`); health,
+# `lumbarseg-admin-key: <key>` (gRPC: `triton-grpc-protocol-lumbarseg-admin-key`); inference is
+# gRPC only (on HTTP it needs a value drawn here and kept nowhere: Triton 2.51's HTTP frontend
+# allocates from a JSON input's declared shape, and one such request aborts the server); health,
 # metadata and model configs stay open for probes. The key: $LUMBARSEG_TRITON_KEY, else the file
 # $LUMBARSEG_TRITON_KEY_FILE (default /run/secrets/triton_admin_key, a compose or Kubernetes
 # secret). Without a key Triton does not start: an open repository API runs any client's code.
@@ -21,5 +23,7 @@ fi
 case "$key" in
   *[:=,]*) echo "triton_entrypoint: the admin key must not contain ':', '=' or ','" >&2; exit 64 ;;
 esac
-apis=inference,model-repository,shared-memory,trace,logging,statistics
-exec "$@" "--http-restricted-api=$apis:lumbarseg-admin-key=$key" "--grpc-restricted-protocol=$apis:lumbarseg-admin-key=$key"
+admin=model-repository,shared-memory,trace,logging,statistics
+sealed=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+exec "$@" "--http-restricted-api=$admin:lumbarseg-admin-key=$key" "--http-restricted-api=inference:lumbarseg-sealed=$sealed" \
+  "--grpc-restricted-protocol=inference,$admin:lumbarseg-admin-key=$key"

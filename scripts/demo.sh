@@ -24,7 +24,7 @@ study=$(ls "$out"/*_image.nii.gz | head -n 1)
 $bin/lumbarseg infer "$study" --backend triton --out "$out/demo_label.nii.gz" --report "$out/demo_report.json"
 $bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"])' "$out/demo_report.json"
 
-conf=(--conf backend triton --conf triton_url http://127.0.0.1:8010 --conf triton_repository "$PWD/model_repository")
+conf=(--conf backend triton --conf triton_url grpc://127.0.0.1:8011 --conf triton_repository "$PWD/model_repository")
 if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then
   # Orthanc holds the phantoms as clinical DICOM; OHIF: the URLs printed below.
   $bin/lumbarseg viewer --phantoms 2 --seed 7 --weights weights/lite "${conf[@]}"

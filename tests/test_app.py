@@ -209,7 +209,7 @@ def test_training_on_final_labels_serves_a_new_version_and_a_failed_run_changes_
 
 def test_triton_backend_down_gives_503_not_a_hang(studies, tmp_path):
     weights = untrained_weights(tmp_path / "weights", spacing=4.0)
-    s = Server(tmp_path / "triton_app", studies, {"backend": "triton", "triton_url": f"http://127.0.0.1:{free_port()}"},
+    s = Server(tmp_path / "triton_app", studies, {"backend": "triton", "triton_url": f"grpc://127.0.0.1:{free_port()}"},
                weights)
     try:
         image_id = sorted(p.name.removesuffix(".nii.gz") for p in studies.glob("*.nii.gz"))[0]

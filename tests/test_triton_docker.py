@@ -79,7 +79,8 @@ def test_triton_and_the_app_share_the_admin_key():
 
 def test_the_triton_entrypoint_restricts_the_apis_and_refuses_to_start_without_a_key(tmp_path):
     """The image's entrypoint appends the restricted-API flags (the same APIs and header as the
-    local launcher) to the command it runs, and will not start Triton without a key."""
+    local launcher, HTTP inference sealed by a value drawn at each start) to the command it
+    runs, and will not start Triton without a key."""
     import subprocess
 
     from lumbarseg.triton.server import RESTRICTED_APIS, restricted_api_arguments
@@ -94,7 +95,13 @@ def test_the_triton_entrypoint_restricts_the_apis_and_refuses_to_start_without_a
     out = subprocess.run(["sh", str(REPO / source), "echo", "tritonserver", "--http-port=8010"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["tritonserver", "--http-port=8010", *restricted_api_arguments("s3cret-key")]
+    command, flags = out.stdout.split()[:2], out.stdout.split()[2:]
+    sealed = re.fullmatch(r"--http-restricted-api=inference:lumbarseg-sealed=([0-9a-f]{32})", flags[1]).group(1)
+    assert command == ["tritonserver", "--http-port=8010"]
+    assert flags == restricted_api_arguments("s3cret-key", sealed)
+    again = subprocess.run(["sh", str(REPO / source), "echo", "tritonserver"], env=env, capture_output=True, text=True,
+                           timeout=30).stdout
+    assert sealed not in again  # drawn at each start
     assert "inference" in RESTRICTED_APIS and "model-repository" in RESTRICTED_APIS
     env["LUMBARSEG_TRITON_KEY_FILE"] = str(tmp_path / "missing")
     out = subprocess.run(["sh", str(REPO / source), "echo", "tritonserver"], env=env, capture_output=True, text=True,

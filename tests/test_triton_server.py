@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpc
 import tritonclient.http as http
 
 from lumbarseg.triton import server as triton_server
@@ -50,12 +51,12 @@ def test_server_serves_a_python_model_and_stops(echo_repository, tmp_path):
                           key=KEY)
     with server:
         assert server.ready()
-        client = http.InferenceServerClient(server.url)
-        assert client.is_model_ready("double")
-        x = http.InferInput("X", [3], "FP32")
+        assert http.InferenceServerClient(server.url).is_model_ready("double")
+        client = grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        x = grpc.InferInput("X", [3], "FP32")
         x.set_data_from_numpy(np.array([1, 2, 3], np.float32))
-        np.testing.assert_array_equal(client.infer("double", [x], headers={"lumbarseg-admin-key": KEY}).as_numpy("Y"),
-                                      [2, 4, 6])
+        y = client.infer("double", [x], headers={triton_server.GRPC_ADMIN_HEADER: KEY}).as_numpy("Y")
+        np.testing.assert_array_equal(y, [2, 4, 6])
     assert server.process.poll() is not None
     assert not server.ready()
 
@@ -102,11 +103,17 @@ def test_the_launcher_binds_loopback_and_restricts_model_control_and_inference(e
     command = TritonServer(echo_repository).command()
     assert "--http-address=127.0.0.1" in command and "--grpc-address=127.0.0.1" in command
     key = key_env.read_text().strip()  # made at the first start
-    (http_flag,) = [a for a in command if a.startswith("--http-restricted-api=")]
-    (grpc_flag,) = [a for a in command if a.startswith("--grpc-restricted-protocol=")]
-    for flag in (http_flag, grpc_flag):
-        apis, header = flag.split("=", 1)[1].split(":")
-        assert {"inference", "model-repository", "shared-memory", "trace", "logging"} <= set(apis.split(","))
-        assert header == f"lumbarseg-admin-key={key}"
+    restricted = {}  # (protocol, api) -> header=value
+    for flag in command:
+        if flag.startswith(("--http-restricted-api=", "--grpc-restricted-protocol=")):
+            apis, header = flag.split("=", 1)[1].split(":")
+            restricted.update({(flag[2:6], api): header for api in apis.split(",")})
+    for api in ("inference", "model-repository", "shared-memory", "trace", "logging"):
+        assert restricted["grpc", api] == f"lumbarseg-admin-key={key}"
+        if api != "inference":
+            assert restricted["http", api] == f"lumbarseg-admin-key={key}"
+    sealed = restricted["http", "inference"]  # HTTP inference: a value nobody is given
+    assert sealed.startswith("lumbarseg-sealed=") and key not in sealed
+    assert f"--http-restricted-api=inference:{sealed}" not in TritonServer(echo_repository).command()  # drawn per start
     with pytest.raises(TritonError, match="must be non-empty"):
         triton_server.restricted_api_arguments("a:b")

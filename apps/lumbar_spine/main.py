@@ -2,7 +2,7 @@
 active learning by plane disagreement.
 
     monailabel start_server --app apps/lumbar_spine --studies STUDIES \
-        [--conf backend local|triton] [--conf triton_url http://127.0.0.1:8010] \
+        [--conf backend local|triton] [--conf triton_url grpc://127.0.0.1:8011] \
         [--conf triton_repository model_repository]
 
 Models (infer and train tasks): ``lumbar_spine`` (the fused ensemble, the default),

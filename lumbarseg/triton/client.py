@@ -1,4 +1,4 @@
-"""Segmentation by a Triton server, over HTTP or gRPC: a drop-in for the in-process
+"""Segmentation by a Triton server, over gRPC: a drop-in for the in-process
 :class:`lumbarseg.pipeline.Segmenter`.
 
 ``TritonSegmenter(url).segment(series)`` returns the same :class:`~lumbarseg.pipeline.Segmentation`
@@ -12,14 +12,21 @@ Inference, loading models and the repository index are restricted APIs on a serv
 (:func:`~lumbarseg.triton.server.admin_key`: ``$LUMBARSEG_TRITON_KEY`` or the key file) on
 those calls; health and the model config need none.
 
-URLs: ``http://host:port``, ``grpc://host:port`` or ``host:port`` (HTTP). Every failure is a
+URLs: ``grpc://host:port`` or ``host:port``. Inference on the project's servers is gRPC only
+(:mod:`lumbarseg.triton.server` closes it on HTTP, where one malformed JSON request aborts
+Triton 2.51), so an ``http://`` URL is refused with that reason. Every failure is a
 :class:`~lumbarseg.triton.server.TritonError` naming the URL and the reason; connection errors
 and "unavailable" answers are retried with backoff, client errors (bad input, unknown model)
-are not.
+are not. A request whose tensor shape overflows Triton's element count (``[3, 2**62, 2**62,
+4]`` with no bytes passes its size check) kills the model's python stub, and Triton 2.51 then
+answers "not healthy" until the model is reloaded; a key holder can send one, so the client
+that meets a dead stub reloads that model and retries once.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -30,11 +37,13 @@ from lumbarseg import planes, tissues
 from lumbarseg.pipeline import Segmentation, segment_series
 from lumbarseg.triton.export import NETWORK_MODELS, PIPELINE
 from lumbarseg.io.study import Series, StudyError
-from lumbarseg.triton.server import TritonError, admin_headers, admin_key
+from lumbarseg.triton.server import DEFAULT_URL, TritonError, admin_headers, admin_key
 
-DEFAULT_URL = "http://127.0.0.1:8010"
+log = logging.getLogger(__name__)
+
 # Answers worth retrying: the server is (re)starting, overloaded or briefly unreachable.
-TRANSIENT_STATUS = {"502", "503", "504", "StatusCode.UNAVAILABLE"}
+TRANSIENT_STATUS = {"StatusCode.UNAVAILABLE"}
+DEAD_STUB = re.compile(r"Stub process '([^']+)_\d+_\d+' is not healthy")  # the python backend's words
 
 
 def _reason(err: Exception) -> tuple[str, bool]:
@@ -44,14 +53,13 @@ def _reason(err: Exception) -> tuple[str, bool]:
     if isinstance(err, InferenceServerException):
         status = str(err.status() or "")
         message = err.message() or status or "no reason given"
-        if "is restricted" in message:  # Triton answers 403 (HTTP) or UNAVAILABLE (gRPC): not transient
+        if "is restricted" in message:  # Triton answers UNAVAILABLE: not transient
             return (f"{message} (status {status}): the server wants its admin key; set LUMBARSEG_TRITON_KEY or "
                     "LUMBARSEG_TRITON_KEY_FILE to the server's key"), False
+        if "failed to connect" in message:  # gRPC's word for refused or unreachable
+            return f"cannot connect: {message}", True
+        # DEADLINE_EXCEEDED is not retried: retrying a slow inference only adds load
         return (f"{message} (status {status})" if status else message), status in TRANSIENT_STATUS
-    if isinstance(err, TimeoutError):
-        return "no answer within the timeout", False  # retrying a slow inference only adds load
-    if isinstance(err, OSError):  # refused, reset, unreachable
-        return f"cannot connect: {err.strerror or err}", True
     return f"{type(err).__name__}: {err}", False
 
 
@@ -67,40 +75,33 @@ class TritonSegmenter:
 
     def __init__(self, url: str = DEFAULT_URL, *, model: str = PIPELINE, timeout: float = 300.0,
                  retries: int = 2, backoff: float = 0.5, key: str | None = None):
-        self.protocol, _, address = url.rpartition("://")
-        self.protocol = self.protocol or "http"
-        if self.protocol not in ("http", "grpc"):
-            raise TritonError(f"{url}: unknown protocol {self.protocol!r} (use http:// or grpc://)")
-        self.url = f"{self.protocol}://{address}"
+        protocol, _, address = url.rpartition("://")
+        if protocol not in ("", "grpc"):
+            raise TritonError(f"{url}: inference on lumbarseg's Triton is gRPC only (its HTTP inference is closed: "
+                              "one malformed JSON request aborts Triton 2.51); use grpc://HOST:PORT, the gRPC port "
+                              "(default 8011)")
+        self.url = f"grpc://{address}"
         self.address = address
         self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
-        if self.protocol == "http":
-            import tritonclient.http as module
-        else:
-            import tritonclient.grpc as module
-        self._module = module
         self._local = threading.local()
         self._config: dict | None = None
         self._key = key
 
     @property
     def _admin(self) -> dict:
-        """Keyword arguments for a restricted call: the admin-key header, when there is a key."""
+        """Keyword arguments for a restricted call: the admin-key metadata, when there is a key."""
         if self._key is None:
             self._key = admin_key() or ""
-        return {"headers": admin_headers(self.protocol, self._key)} if self._key else {}
+        return {"headers": admin_headers(self._key)} if self._key else {}
 
     @property
     def _client(self):
-        """This thread's tritonclient (the HTTP one is gevent-based and must stay in its thread)."""
+        """This thread's tritonclient."""
         client = getattr(self._local, "client", None)
         if client is None:
-            if self.protocol == "http":
-                client = self._module.InferenceServerClient(self.address, connection_timeout=self.timeout,
-                                                            network_timeout=self.timeout)
-            else:
-                client = self._module.InferenceServerClient(self.address)
-            self._local.client = client
+            import tritonclient.grpc as grpc
+
+            client = self._local.client = grpc.InferenceServerClient(self.address)
         return client
 
     def _call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
@@ -117,8 +118,7 @@ class TritonSegmenter:
     # -- health -----------------------------------------------------------------------------
 
     def _index(self) -> list[dict]:
-        index = self._call("repository index", self._client.get_model_repository_index,
-                           **({"as_json": True} if self.protocol == "grpc" else {}), **self._admin)
+        index = self._call("repository index", self._client.get_model_repository_index, as_json=True, **self._admin)
         return index.get("models", []) if isinstance(index, dict) else index
 
     def health(self) -> dict:
@@ -161,6 +161,12 @@ class TritonSegmenter:
             self.require_ready(model)
         self._config = None  # the pipeline's parameters (spacing) may have changed
 
+    def _restart(self, model: str) -> None:
+        """Unload and load ``model``: a new python stub (loading a loaded model is a no-op)."""
+        log.warning("%s: the python stub of %s died; reloading the model", self.url, model)
+        self._call(f"unloading {model}", self._client.unload_model, model, **self._admin)
+        self.reload([model])
+
     # -- the pipeline model -----------------------------------------------------------------
 
     @property
@@ -168,8 +174,7 @@ class TritonSegmenter:
         """The pipeline model's config (JSON form), fetched once after checking it is ready."""
         if self._config is None:
             self.require_ready()
-            config = self._call(f"config of {self.model}", self._client.get_model_config, self.model,
-                                **({"as_json": True} if self.protocol == "grpc" else {}))
+            config = self._call(f"config of {self.model}", self._client.get_model_config, self.model, as_json=True)
             self._config = config.get("config", config)
             served = self._config["parameters"]["tissues"]["string_value"].split(",")
             if served != list(tissues.TISSUE_NAMES):
@@ -193,13 +198,21 @@ class TritonSegmenter:
         """Run the pipeline model on a network input ``(3, X, Y, Z)`` (float32, at
         :attr:`spacing`) and return the named outputs."""
         self.config  # readiness and compatibility first, for a clear error
-        image = np.ascontiguousarray(image, dtype=np.float32)
-        tensor = self._module.InferInput("IMAGE", list(image.shape), "FP32")
-        tensor.set_data_from_numpy(image)
-        requested = [self._module.InferRequestedOutput(name) for name in outputs]
-        extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-        result = self._call(f"inference on {self.model}", self._client.infer, self.model, [tensor],
-                            outputs=requested, **extra, **self._admin)
+        import tritonclient.grpc as grpc
+
+        tensor = grpc.InferInput("IMAGE", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        requested = [grpc.InferRequestedOutput(name) for name in outputs]
+        for attempt in range(2):
+            try:
+                result = self._call(f"inference on {self.model}", self._client.infer, self.model, [tensor],
+                                    outputs=requested, client_timeout=self.timeout, **self._admin)
+                break
+            except TritonError as err:
+                dead = DEAD_STUB.search(str(err))
+                if dead is None or attempt:
+                    raise
+                self._restart(dead.group(1))
         return {name: np.array(result.as_numpy(name)) for name in outputs}  # writable copies (torch reads them)
 
     def predict(self, image: np.ndarray, with_planes: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:

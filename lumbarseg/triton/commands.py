@@ -9,9 +9,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lumbarseg.io.study import StudyError
-from lumbarseg.triton.server import TritonError
+from lumbarseg.io.study import Series, Study, StudyError
+from lumbarseg.triton.server import DEFAULT_URL, TritonError
+
+if TYPE_CHECKING:
+    from lumbarseg.analysis import Analysis
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "lite"
@@ -61,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         server.start(timeout=args.timeout)
         host = server.url.rsplit(":", 1)[0]
         key_from = f"${KEY_ENV}" if os.environ.get(KEY_ENV) else str(key_file())
-        print(f"Triton ready: http://{server.url}  grpc://{host}:{args.grpc_port}  "
+        print(f"Triton ready: inference on grpc://{host}:{args.grpc_port}, health on http://{server.url} "
               f"({'CPU configs' if args.cpu else 'GPU configs'}, {repository}); inference and model control need "
               f"the admin key ({key_from}); Ctrl-C stops it", flush=True)
         while server.process.poll() is None:
@@ -110,6 +114,38 @@ def _targets(studies: list[str], out: Path, suffix: str) -> list[Path]:
     return [out / n for n in names]
 
 
+def _dicom_targets(args: argparse.Namespace) -> tuple[list[Path | None], list[Path | None]]:
+    """(DICOM-SEG, SR) per study: ``--seg`` and ``--sr`` name them as ``--out`` names labels; an
+    SR needs its SEG, which without ``--seg`` lies beside it as ``<SR stem>_seg.dcm``."""
+    none = [None] * len(args.studies)
+    srs = _targets(args.studies, Path(args.sr), "_sr.dcm") if args.sr else none
+    if args.seg:
+        return _targets(args.studies, Path(args.seg), "_seg.dcm"), srs
+    return [sr and sr.with_name(f"{sr.stem}_seg.dcm") for sr in srs], srs
+
+
+def _dicom_source(path: str, study: Study) -> Series:
+    """The series a DICOM-SEG and an SR reference: the study's primary series, read from DICOM."""
+    if "files" not in study.primary.meta:
+        raise StudyError(path, "--seg and --sr need a DICOM study: a DICOM-SEG and a structured report reference "
+                               "the DICOM source images, and this study is not DICOM")
+    return study.primary
+
+
+def _write_dicom(result: Analysis, source: Series, seg_path: Path, sr_path: Path | None) -> None:
+    """The label map as a DICOM-SEG on ``source`` and, given ``sr_path``, the report as an SR
+    referencing that SEG (the report measured ``source`` alone: its series 0)."""
+    import pydicom
+
+    from lumbarseg import tissues
+    from lumbarseg.io.dicom import write_dicom_seg
+    from lumbarseg.io.sr import write_findings_sr
+
+    write_dicom_seg(result.label, tissues.STUDY_LABELS, source, seg_path)
+    if sr_path is not None:
+        write_findings_sr(result.report, [source], pydicom.dcmread(seg_path, stop_before_pixels=True), sr_path)
+
+
 def _infer(args: argparse.Namespace) -> int:
     import json
 
@@ -119,6 +155,7 @@ def _infer(args: argparse.Namespace) -> int:
     try:
         targets = _targets(args.studies, Path(args.out), "_label.nii.gz")
         reports = _targets(args.studies, Path(args.report), "_report.json") if args.report else [None] * len(targets)
+        segs, srs = _dicom_targets(args)
     except ValueError as err:
         return _fail(args, err)
     try:
@@ -132,11 +169,15 @@ def _infer(args: argparse.Namespace) -> int:
             from lumbarseg.pipeline import Segmenter
 
             segment = Segmenter.load(args.weights).segment
-        for path, target, report in zip(args.studies, targets, reports):
-            result = analyse(io.load_study(path), segment)
+        for path, target, report, seg, sr in zip(args.studies, targets, reports, segs, srs):
+            study = io.load_study(path)
+            source = _dicom_source(path, study) if seg else None  # refused before the networks run
+            result = analyse(study, segment)
             io.save_label(result.label, result.affine, target)
             if report is not None:
                 report.write_text(json.dumps(result.report, indent=1))
+            if seg is not None:
+                _write_dicom(result, source, seg, sr)
             naming = result.report["naming"] or {}
             named = [lv["level"] for lv in result.report["levels"] if lv["level"]]
             print(f"{path} -> {target}  discs {', '.join(named) or 'none'} (anchor {naming.get('anchor')}, "
@@ -181,20 +222,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s = actions.add_parser("health", help="print a server's liveness, readiness and model states",
                            description="Exit status 0 when the server and every model are ready, 1 when not, "
                                        "2 when the server cannot be reached.")
-    s.add_argument("--triton-url", default="http://127.0.0.1:8010", help="http://HOST:PORT or grpc://HOST:PORT")
+    s.add_argument("--triton-url", default=DEFAULT_URL, help=f"the server's gRPC address, grpc://HOST:PORT (default {DEFAULT_URL})")
     s.set_defaults(run=_health)
 
     p = sub.add_parser("infer", help="segment studies into level-named label maps (in-process or on Triton)",
                        description="Segment each STUDY (NIfTI 3D/4D file or DICOM folder; its largest series) "
-                                   "and write the study label map (discs and bodies named by level) as NIfTI.")
+                                   "and write the study label map (discs and bodies named by level) as NIfTI; "
+                                   "for a DICOM study also as a DICOM-SEG (--seg) and the findings as a DICOM "
+                                   "Structured Report (--sr, TID 1500) referencing that SEG and the source images.")
     p.add_argument("studies", nargs="+", metavar="STUDY")
     p.add_argument("--out", required=True,
                    help="label file for one study; a folder (STUDY name + _label.nii.gz) for several")
     p.add_argument("--backend", choices=("local", "triton"), default="local",
                    help="local: PyTorch in this process (--weights); triton: a server's spine_pipeline (--triton-url)")
     p.add_argument("--weights", default=str(WEIGHTS), help=f"weights folder for --backend local (default {WEIGHTS})")
-    p.add_argument("--triton-url", default="http://127.0.0.1:8010", help="http://HOST:PORT or grpc://HOST:PORT")
+    p.add_argument("--triton-url", default=DEFAULT_URL, help=f"the server's gRPC address, grpc://HOST:PORT (default {DEFAULT_URL})")
     p.add_argument("--report", help="findings report JSON for one study; a folder (STUDY name + _report.json) "
                                     "for several")
+    p.add_argument("--seg", help="DICOM-SEG for one DICOM study; a folder (STUDY name + _seg.dcm) for several")
+    p.add_argument("--sr", help="findings as a DICOM SR (TID 1500) for one DICOM study; a folder (STUDY name + "
+                                "_sr.dcm) for several; its SEG is --seg, else the SR's name + _seg.dcm beside it")
     p.add_argument("--timeout", type=float, default=300, help="seconds per Triton request (default 300)")
     p.set_defaults(run=_infer)

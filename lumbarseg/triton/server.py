@@ -16,10 +16,12 @@ load/unload, including a load that sends its own ``file:1/model.py``; ``shared-m
 ``trace``; ``logging``; ``statistics``) answers only requests carrying the admin key, as the
 header ``lumbarseg-admin-key`` (HTTP) or the metadata ``triton-grpc-protocol-lumbarseg-admin-key``
 (gRPC; Triton prefixes the name). Health, server and model metadata and model configs stay
-open. Inference is restricted too because Triton 2.51's HTTP frontend allocates a JSON input
-from its declared shape before it counts the values sent: one unauthenticated request
-declaring ``[3, 20000, 20000, 20000]`` aborts the server (``std::bad_alloc``); the restricted
-API check comes before that parse (measured: 403, server up). The key is the
+open. Inference is gRPC only: on HTTP it sits behind a header whose value is drawn at each
+start and kept nowhere, so nobody holds it. Triton 2.51's HTTP frontend allocates a JSON input
+from its declared shape before it counts the values sent: one request declaring
+``[3, 20000, 20000, 20000]`` aborts the server (``std::bad_alloc``), with or without a key; the
+restricted-API check comes before that parse (measured: 403, server up). gRPC checks the bytes
+sent against the declared shape first (400). The key is the
 ``LUMBARSEG_TRITON_KEY`` environment variable, else the file named by
 ``LUMBARSEG_TRITON_KEY_FILE`` (default ``~/.cache/lumbarseg/triton-admin-key``), created with
 mode 0600 at the first start; :class:`lumbarseg.triton.client.TritonSegmenter` reads it the
@@ -49,6 +51,8 @@ CACHE = Path(os.environ.get("LUMBARSEG_CACHE", Path.home() / ".cache" / "lumbars
 ADMIN_HEADER = "lumbarseg-admin-key"
 GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER  # the metadata key Triton checks on gRPC
 RESTRICTED_APIS = ("inference", "model-repository", "shared-memory", "trace", "logging", "statistics")
+SEALED_HEADER = "lumbarseg-sealed"  # HTTP inference: a header whose value nobody is given
+DEFAULT_URL = "grpc://127.0.0.1:8011"  # where clients find a local server's inference (gRPC only)
 KEY_ENV = "LUMBARSEG_TRITON_KEY"
 KEY_FILE_ENV = "LUMBARSEG_TRITON_KEY_FILE"
 
@@ -94,21 +98,23 @@ def admin_key(create: bool = False) -> str | None:
     return key
 
 
-def admin_headers(protocol: str, key: str | None) -> dict[str, str]:
-    """The header (HTTP) or metadata (gRPC) that carries ``key``; empty without a key."""
-    if not key:
-        return {}
-    return {GRPC_ADMIN_HEADER if protocol == "grpc" else ADMIN_HEADER: key}
+def admin_headers(key: str | None) -> dict[str, str]:
+    """The gRPC metadata that carries ``key``; empty without a key."""
+    return {GRPC_ADMIN_HEADER: key} if key else {}
 
 
-def restricted_api_arguments(key: str) -> list[str]:
-    """tritonserver flags that put :data:`RESTRICTED_APIS` behind ``ADMIN_HEADER: key`` on
-    HTTP and gRPC."""
-    if not key or any(c in key for c in ":=, \t\n"):
-        raise TritonError("the Triton admin key must be non-empty without ':', '=', ',' or whitespace")
-    apis = ",".join(RESTRICTED_APIS)
-    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
-            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
+def restricted_api_arguments(key: str, sealed: str | None = None) -> list[str]:
+    """tritonserver flags that put :data:`RESTRICTED_APIS` behind ``ADMIN_HEADER: key`` on gRPC
+    and, except inference, on HTTP; HTTP inference goes behind ``SEALED_HEADER: sealed`` (default:
+    a fresh random value that is not kept, which closes it)."""
+    sealed = sealed or secrets.token_hex(16)
+    for value in (key, sealed):
+        if not value or any(c in value for c in ":=, \t\n"):
+            raise TritonError("the Triton admin key must be non-empty without ':', '=', ',' or whitespace")
+    http_apis = ",".join(api for api in RESTRICTED_APIS if api != "inference")
+    return [f"--http-restricted-api={http_apis}:{ADMIN_HEADER}={key}",
+            f"--http-restricted-api=inference:{SEALED_HEADER}={sealed}",
+            f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"]
 
 
 def _pytriton_root() -> Path:
