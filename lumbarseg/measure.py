@@ -4,7 +4,7 @@ Input: per series of a study, a tissue-class map (indices of :data:`lumbarseg.ti
 :data:`~lumbarseg.tissues.IGNORE` = not annotated) on that series' grid, with its affine to
 patient space (RAS, mm) -- ground truth or a prediction, a 3D volume, a sparse sagittal stack,
 angulated axial stacks, in any mix. Output: :func:`study_report`, a JSON-ready dict (schema
-:data:`SCHEMA`, documented in the README) with one entry per disc level.
+:data:`SCHEMA`, documented in docs/findings.md) with one entry per disc level.
 
 How (every length in mm, in patient space; thresholds in ``configs/findings.json``):
 
