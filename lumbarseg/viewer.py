@@ -34,6 +34,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from lumbarseg import QUIET_WARNINGS
 from lumbarseg.services import await_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,7 +282,8 @@ class MonaiLabel:
     def environment(self) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)  # monailabel, and dcmqi's itkimage2segimage
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-               "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+               "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+               "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS]))}
         if self.studies.startswith(("http://", "https://")):
             cache = self.cache or (self.log.parent if self.log else self.app) / "dicomweb-cache"
             env.update(MONAI_LABEL_DICOMWEB_SEARCH_FILTER=json.dumps({"Modality": "MR"}),

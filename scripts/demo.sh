@@ -9,6 +9,7 @@ scripts/setup.sh
 out=${1:-runs/demo}
 bin=.venv/bin
 export PATH="$PWD/$bin:$PATH" MONAI_LABEL_TRACKING_ENABLED=false
+export PYTHONWARNINGS="ignore:\`torch.jit.interface\` is deprecated:FutureWarning"  # lumbarseg.QUIET_WARNINGS
 
 $bin/lumbarseg phantoms --out "$out" --count 3 --seed 7 --modalities t2w,t1w
 [ -f model_repository/spine_pipeline/configs/cpu.pbtxt ] && [ -f model_repository/fusion/1/model.onnx ] ||

@@ -38,6 +38,8 @@ def test_phantoms_write_three_studies_with_every_class_and_the_dicom_layout(tmp_
         dicom = io.load_study(tmp_path / "dicom" / entry.subject)
         assert len(dicom.series) == 8  # sagittal + one angulated axial stack per disc
     assert "L5-S1" in result.stdout
+    inspect = run("inspect", str(tmp_path))  # imports MONAI and torch
+    assert inspect.returncode == 0 and inspect.stderr == "", inspect.stderr  # no library deprecation noise
 
 
 def test_errors_are_one_line_with_the_file(tmp_path):
