@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from lumbarseg import QUIET_WARNINGS
+from lumbarseg.io.nifti import is_nifti
 from lumbarseg.services import await_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,8 +338,18 @@ def _wait_until_stopped(*processes: subprocess.Popen) -> int:
     return 1
 
 
+def nifti_as_dicom(path: str | Path, out: str | Path) -> Path:
+    """A NIfTI study written as DICOM (one MR series per contrast) under ``out/<name>/``, the
+    patient id its file name: what Orthanc and OHIF can hold."""
+    from lumbarseg.io import load_study
+    from lumbarseg.io.dicom import write_dicom_study
+
+    name = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    return write_dicom_study(load_study(path), Path(out) / name, patient_id=name)
+
+
 def _upload_sources(args: argparse.Namespace, orthanc: Orthanc) -> list[str]:
-    sources = [Path(p) for p in args.upload or []]
+    sources = [nifti_as_dicom(p, orthanc.storage / "nifti") if is_nifti(p) else p for p in map(Path, args.upload or [])]
     if getattr(args, "phantoms", 0):
         sources += write_phantom_dicom(orthanc.storage / "phantoms", args.phantoms, args.seed)
     uids = orthanc.upload(*sources) if sources else []
@@ -414,7 +425,8 @@ def add_commands(sub) -> None:
     q = osub.add_parser("serve", help="start Orthanc and keep it running until Ctrl-C")
     q.add_argument("--port", type=int, default=ORTHANC_PORT, help=f"HTTP port (default {ORTHANC_PORT})")
     q.add_argument("--storage", default=".viewer/orthanc", help="storage folder (default .viewer/orthanc)")
-    q.add_argument("--upload", nargs="+", metavar="PATH", help="DICOM files or folders to store once it is up")
+    q.add_argument("--upload", nargs="+", metavar="PATH",
+                   help="DICOM files or folders, or NIfTI studies (written as DICOM first), to store once it is up")
     q.add_argument("--phantoms", type=int, default=0, metavar="N", help="also store N phantom studies (clinical layout)")
     q.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     q.add_argument("--log", help="log file (default STORAGE/orthanc.log; '-' for this terminal)")
@@ -436,7 +448,9 @@ def add_commands(sub) -> None:
                    help="Orthanc storage, logs and the DICOMweb cache (default .viewer/orthanc)")
     p.add_argument("--phantoms", type=int, default=0, metavar="N", help="store N phantom studies (clinical layout)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
-    p.add_argument("--upload", nargs="+", metavar="PATH", help="DICOM files or folders to store")
+    p.add_argument("--upload", nargs="+", metavar="PATH",
+                   help="DICOM files or folders, or NIfTI studies (written as DICOM first), to store; the demo "
+                        "stores samples/spider_57/57_t2.nii.gz, a real patient")
     p.add_argument("--app", default=str(APP), help="MONAI Label app folder (default apps/lumbar_spine)")
     p.add_argument("--weights", help="weights folder to serve when the app has no model yet")
     p.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: set up, write sample lumbar spine studies (phantoms),
 # export the shipped weights to the Triton repository, start Triton (CPU configs) on loopback,
-# segment one study through Triton and print its findings, then serve the MONAI Label app on
-# Triton for OHIF (studies in Orthanc over DICOMweb) and 3D Slicer until Ctrl-C.
+# segment the real sample study (samples/spider_57, one SPIDER patient, CC BY 4.0) through Triton
+# and print its findings, then serve the MONAI Label app on Triton for OHIF (the real study and
+# two phantoms in Orthanc over DICOMweb) and 3D Slicer until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,16 +22,16 @@ trap 'kill $triton 2>/dev/null; wait $triton 2>/dev/null' EXIT
 for _ in $(seq 120); do $bin/lumbarseg triton health >/dev/null 2>&1 && break; sleep 1; done
 $bin/lumbarseg triton health
 
-study=$(ls "$out"/*_image.nii.gz | head -n 1)
-$bin/lumbarseg infer "$study" --backend triton --out "$out/demo_label.nii.gz" --report "$out/demo_report.json"
+sample=samples/spider_57/57_t2.nii.gz
+$bin/lumbarseg infer "$sample" --backend triton --out "$out/demo_label.nii.gz" --report "$out/demo_report.json"
 $bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"])' "$out/demo_report.json"
 
 conf=(--conf backend triton --conf triton_url grpc://127.0.0.1:8011 --conf triton_repository "$PWD/model_repository")
 if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then
   # Orthanc holds the phantoms as clinical DICOM; OHIF: the URLs printed below.
-  $bin/lumbarseg viewer --phantoms 2 --seed 7 --weights weights/lite "${conf[@]}"
+  $bin/lumbarseg viewer --phantoms 2 --seed 7 --upload "$sample" --weights weights/lite "${conf[@]}"
 else
   echo "demo: Orthanc is not installed (apt-get install orthanc orthanc-dicomweb): serving $out as a local datastore" >&2
-  mkdir -p "$out/studies" && cp "$out"/*_image.nii.gz "$out/studies/"
+  mkdir -p "$out/studies" && cp "$sample" "$out"/*_image.nii.gz "$out/studies/"
   monailabel start_server --app apps/lumbar_spine --studies "$out/studies" --host 127.0.0.1 --port 8000 "${conf[@]}"
 fi
