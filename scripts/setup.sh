@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The viewer stack (Orthanc + its DICOMweb plugin + headless Chromium) comes from Debian; installed
-# when missing and we are root (or have sudo). Otherwise the viewer tests skip, except in CI.
-VIEWER_PACKAGES="orthanc orthanc-dicomweb chromium"
+# The viewer stack (Orthanc + its DICOMweb plugin + headless Chromium) and dicom3tools (dciodvfy
+# validates the DICOM we write) come from Debian; installed when missing and we are root (or have
+# sudo). Otherwise the viewer tests skip, except in CI.
+VIEWER_PACKAGES="orthanc orthanc-dicomweb chromium dicom3tools"
 if command -v dpkg >/dev/null && ! dpkg -s $VIEWER_PACKAGES >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
   if [ "$SUDO" = none ]; then

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.valuerep import DSfloat
 
 from lumbarseg import __version__, modalities, tissues
 from lumbarseg.io import budget
@@ -164,6 +165,11 @@ def load_dicom(folder: str | Path) -> Study:
     return study.check()
 
 
+def _ds(*values: float) -> list[DSfloat]:
+    """Decimal strings of at most 16 characters, as the DS value representation allows."""
+    return [DSfloat(float(v), auto_format=True) for v in values]
+
+
 def _dataset(series: Series, channel: int, k: int, uids: dict, number: int, patient: tuple[str, str]) -> Dataset:
     lps = LPS @ series.affine
     col_step, row_step = lps[:3, 0], lps[:3, 1]
@@ -185,16 +191,21 @@ def _dataset(series: Series, channel: int, k: int, uids: dict, number: int, pati
     ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.ReferringPhysicianName = "", "O", "", ""
     ds.StudyID, ds.StudyDate, ds.StudyTime = "1", now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.Modality, ds.Manufacturer = "MR", "lumbarseg"
+    # MR Image IOD attributes a converted volume cannot know: present, empty or "none" (Type 2)
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    ds.ScanningSequence, ds.SequenceVariant = "RM", "NONE"  # RM: research mode, i.e. not stated
+    ds.ScanOptions = ds.MRAcquisitionType = ds.RepetitionTime = ds.EchoTime = ds.EchoTrainLength = ""
+    ds.Laterality = ds.PositionReferenceIndicator = ds.PatientPosition = ""
     ds.SeriesNumber, ds.InstanceNumber = number, k + 1
     ds.SeriesDescription = f"{series.description} {series.modalities[channel]}".strip()
-    ds.ImageOrientationPatient = [float(v) for v in (*col_step / np.linalg.norm(col_step), *row_step / np.linalg.norm(row_step))]
-    ds.ImagePositionPatient = [float(v) for v in lps[:3, :3] @ np.array([0, 0, k]) + lps[:3, 3]]
-    ds.PixelSpacing = [float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step))]
-    ds.SliceThickness = ds.SpacingBetweenSlices = float(np.linalg.norm(lps[:3, 2]))
+    ds.ImageOrientationPatient = _ds(*col_step / np.linalg.norm(col_step), *row_step / np.linalg.norm(row_step))
+    ds.ImagePositionPatient = _ds(*lps[:3, :3] @ np.array([0, 0, k]) + lps[:3, 3])
+    ds.PixelSpacing = _ds(np.linalg.norm(row_step), np.linalg.norm(col_step))
+    ds.SliceThickness = ds.SpacingBetweenSlices = _ds(np.linalg.norm(lps[:3, 2]))[0]
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, lo, "US"
+    (ds.RescaleSlope, ds.RescaleIntercept), ds.RescaleType = _ds(slope, lo), "US"
     ds.PixelData = np.round((pixels - lo) / slope).clip(0, 65535).astype(np.uint16).tobytes()
     return ds
 
@@ -230,19 +241,19 @@ def write_dicom_study(study: Study, out_dir: str | Path, *, patient_id: str | No
 
 # SNOMED CT where pydicom's code dictionary has the concept; otherwise a private coding scheme
 # (DICOM allows "99"-prefixed designators) naming the schema's structure.
-_PRIVATE = "99LUMBARSEG"
+PRIVATE_SCHEME = "99LUMBARSEG"
 _SCT = {"sacrum": ("54735007", "Sacrum"), "vertebral_body": ("51282000", "Vertebra"),
         "dural_sac": ("65216001", "Cerebrospinal Fluid")}
 
 
-def _property_type(name: str):
+def property_type(name: str):
     from highdicom.sr.coding import CodedConcept
 
     tissue = tissues.tissue_of(name).name
     if tissue in _SCT:
         value, meaning = _SCT[tissue]
         return CodedConcept(value, "SCT", meaning)
-    return CodedConcept(tissue, _PRIVATE, tissues.tissue_of(name).title)
+    return CodedConcept(tissue, PRIVATE_SCHEME, tissues.tissue_of(name).title)
 
 
 def _cielab(rgb: tuple[int, int, int]) -> list[int]:
@@ -275,7 +286,7 @@ def write_dicom_seg(label: np.ndarray, structures: dict[int, str], source: Serie
         description = hd.seg.SegmentDescription(
             segment_number=number, segment_label=name,
             segmented_property_category=codes.cid7150.AnatomicalStructure,
-            segmented_property_type=_property_type(name),
+            segmented_property_type=property_type(name),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
         description.SegmentDescription = tissues.tissue_of(name).title
         description.RecommendedDisplayCIELabValue = _cielab(tissues.study_label_color(name))

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from lumbarseg.io.study import Series, Study, StudyError
 from lumbarseg.triton.server import DEFAULT_URL, TritonError
@@ -146,11 +146,29 @@ def _write_dicom(result: Analysis, source: Series, seg_path: Path, sr_path: Path
         write_findings_sr(result.report, [source], pydicom.dcmread(seg_path, stop_before_pixels=True), sr_path)
 
 
+def _analyser(args: argparse.Namespace) -> Callable[[Study], Analysis]:
+    """:func:`lumbarseg.analysis.analyse` on the chosen backend's networks. Called once the first
+    study has loaded and passed its checks, so that bad input is refused before PyTorch or a
+    Triton connection is brought up."""
+    from lumbarseg.analysis import analyse
+
+    if args.backend == "triton":
+        from lumbarseg.triton.client import TritonSegmenter
+
+        backend = TritonSegmenter(args.triton_url, timeout=args.timeout)
+        backend.require_ready()
+        segment = backend.segment  # with the planes: the report's plane disagreement needs them
+    else:
+        from lumbarseg.pipeline import Segmenter
+
+        segment = Segmenter.load(args.weights).segment
+    return lambda study: analyse(study, segment)
+
+
 def _infer(args: argparse.Namespace) -> int:
     import json
 
     from lumbarseg import io
-    from lumbarseg.analysis import analyse
 
     try:
         targets = _targets(args.studies, Path(args.out), "_label.nii.gz")
@@ -158,21 +176,13 @@ def _infer(args: argparse.Namespace) -> int:
         segs, srs = _dicom_targets(args)
     except ValueError as err:
         return _fail(args, err)
+    analyse = None
     try:
-        if args.backend == "triton":
-            from lumbarseg.triton.client import TritonSegmenter
-
-            backend = TritonSegmenter(args.triton_url, timeout=args.timeout)
-            backend.require_ready()
-            segment = backend.segment  # with the planes: the report's plane disagreement needs them
-        else:
-            from lumbarseg.pipeline import Segmenter
-
-            segment = Segmenter.load(args.weights).segment
         for path, target, report, seg, sr in zip(args.studies, targets, reports, segs, srs):
             study = io.load_study(path)
-            source = _dicom_source(path, study) if seg else None  # refused before the networks run
-            result = analyse(study, segment)
+            source = _dicom_source(path, study) if seg else None
+            analyse = analyse or _analyser(args)
+            result = analyse(study)
             io.save_label(result.label, result.affine, target)
             if report is not None:
                 report.write_text(json.dumps(result.report, indent=1))
