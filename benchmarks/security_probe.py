@@ -387,7 +387,7 @@ class Stack:
         if not app.exists():
             shutil.copytree(REPO / "apps" / "lumbar_spine", app, ignore=shutil.ignore_patterns("model", "logs", "__pycache__"))
             shutil.copytree(self.args.weights, app / "model" / "lumbar_spine")
-        conf = {"backend": "triton", "triton_url": self.triton_http, "triton_repository": str(self.repository)}
+        conf = {"backend": "triton", "triton_url": f"grpc://{self.triton_grpc}", "triton_repository": str(self.repository)}
         conf.update(dict(kv.split("=", 1) for kv in self.args.app_conf))
         env = {"TMPDIR": str(self.tmp), KEY_ENV: self.key, "OMP_NUM_THREADS": "1",
                **dict(kv.split("=", 1) for kv in self.args.app_env)}
