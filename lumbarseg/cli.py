@@ -266,12 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lumbarseg.config import ConfigError
     from lumbarseg.io.study import StudyError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except StudyError as err:
+    except (StudyError, ConfigError) as err:
         print(f"lumbarseg {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -27,7 +27,7 @@ How (every length in mm, in patient space; thresholds in ``configs/findings.json
 
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from lumbarseg import disagreement, postprocess, tissues
+from lumbarseg.config import read_config
 from lumbarseg.io.study import Study
 
 SCHEMA = "lumbarseg.findings/1"
@@ -45,17 +46,62 @@ DISC, HERNIA, SAC, BODY, SACRUM = (tissues.TISSUE_NAMES.index(n) for n in
 UNKNOWN = tissues.IGNORE  # not annotated, or outside the series' field of view
 
 
-def load_config(path: Path = CONFIG) -> dict:
-    return json.loads(path.read_text())
+@dataclass(frozen=True)
+class StenosisConfig:
+    """Central canal stenosis grades by dural sac area (the config file cites the cut-offs)."""
+
+    grades_below_mm2: tuple[tuple[str, float], ...]  # (grade, area it applies below), most severe first
+    above_all: str  # the grade of an area above every cut-off
 
 
-def stenosis_grade(area_mm2: float, config: dict | None = None) -> str:
+@dataclass(frozen=True)
+class SectionsConfig:
+    """Where the axial sections of a disc are sampled, and which series are axial stacks."""
+
+    pixel_mm: float
+    half_width_mm: float  # left and right of the disc centre
+    anterior_mm: float
+    posterior_mm: float
+    step_mm: float  # between resampled sections, along the disc normal
+    beyond_disc_mm: float  # past each endplate
+    axial_stack_max_angle_deg: float  # slices at most this far from the disc plane ...
+    axial_stack_max_extent_mm: float  # ... spanning at most this along their normal
+
+
+@dataclass(frozen=True)
+class HerniationConfig:
+    """When disc material is a protrusion, a section or disc herniated, and in which direction."""
+
+    margin_mm: float  # beyond the endplates' cross-section
+    endplate_probe_mm: float  # where that cross-section is sampled, beyond each endplate
+    min_area_mm2: float  # of a section's protrusion for the section to be herniated
+    central_mm: float  # lateral offset below which a herniation is central ...
+    paracentral_mm: float  # ... paracentral, then foraminal
+
+
+@dataclass(frozen=True)
+class FindingsConfig:
+    """``configs/findings.json``: every threshold of the measurements and the diagnosis."""
+
+    version: int
+    stenosis: StenosisConfig
+    sections: SectionsConfig
+    herniation: HerniationConfig
+
+
+@functools.cache
+def load_config(path: Path = CONFIG) -> FindingsConfig:
+    """The findings thresholds, read and checked once per file (the object is shared: frozen)."""
+    return read_config(FindingsConfig, path)
+
+
+def stenosis_grade(area_mm2: float, config: FindingsConfig | None = None) -> str:
     """Central canal stenosis grade of a dural sac cross-sectional area (thresholds cited in the config)."""
-    stenosis = (config or load_config())["stenosis"]
-    for grade, below in stenosis["grades_below_mm2"]:
+    stenosis = (config or load_config()).stenosis
+    for grade, below in stenosis.grades_below_mm2:
         if area_mm2 < below:
             return grade
-    return stenosis["above_all"]
+    return stenosis.above_all
 
 
 @dataclass
@@ -122,10 +168,10 @@ class Grid:
     V: np.ndarray  # antero-posterior pixel positions (mm, +anterior)
 
     @classmethod
-    def from_config(cls, sections: dict) -> "Grid":
-        px = sections["pixel_mm"]
-        return cls(px, np.arange(-sections["half_width_mm"], sections["half_width_mm"] + px / 2, px),
-                   np.arange(-sections["posterior_mm"], sections["anterior_mm"] + px / 2, px))
+    def from_config(cls, sections: SectionsConfig) -> "Grid":
+        px = sections.pixel_mm
+        return cls(px, np.arange(-sections.half_width_mm, sections.half_width_mm + px / 2, px),
+                   np.arange(-sections.posterior_mm, sections.anterior_mm + px / 2, px))
 
 
 @dataclass
@@ -177,11 +223,11 @@ def _sample(m: LabelMap, point: np.ndarray, u: np.ndarray, v: np.ndarray, grid: 
     return out.reshape(len(grid.V), len(grid.U))
 
 
-def is_axial_stack(m: LabelMap, normal: np.ndarray, sections: dict) -> bool:
+def is_axial_stack(m: LabelMap, normal: np.ndarray, sections: SectionsConfig) -> bool:
     """Slices parallel (within the configured angle) to a disc, spanning little along their normal."""
     cos = abs(float(m.normal() @ normal))
     span = np.linalg.norm(m.affine[:3, 2]) * (m.classes.shape[2] - 1)
-    return cos >= np.cos(np.deg2rad(sections["axial_stack_max_angle_deg"])) and span <= sections["axial_stack_max_extent_mm"]
+    return cos >= np.cos(np.deg2rad(sections.axial_stack_max_angle_deg)) and span <= sections.axial_stack_max_extent_mm
 
 
 def _splat(maps: Sequence[LabelMap], spacing: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +283,7 @@ def _dural_sac(sec: Section, grid: Grid) -> None:
 
 
 def _margin(footprint: np.ndarray, source: LabelMap, v: np.ndarray, u: np.ndarray, grid: Grid,
-            cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+            cfg: HerniationConfig) -> tuple[np.ndarray, np.ndarray]:
     """Distance (mm) of each pixel from the endplates' cross-section, and where disc material is
     beyond their margin: posterior to the disc centre, more than ``margin_mm`` out and more than
     1.5 source voxels out (a coarse grid moves the disc's and the body's voxelised edges by a
@@ -245,7 +291,7 @@ def _margin(footprint: np.ndarray, source: LabelMap, v: np.ndarray, u: np.ndarra
     mm = ndimage.distance_transform_edt(~footprint, sampling=grid.px)
     voxels = ndimage.distance_transform_edt(~footprint, sampling=(grid.px / source.extent_along(v),
                                                                   grid.px / source.extent_along(u)))
-    return mm, (mm > cfg["margin_mm"]) & (voxels > 1.5) & (grid.V < 0)[:, None]
+    return mm, (mm > cfg.margin_mm) & (voxels > 1.5) & (grid.V < 0)[:, None]
 
 
 def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> None:
@@ -259,8 +305,8 @@ def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> N
     sec.protrusion = protrusion
 
 
-def _herniated(sec: Section, grid: Grid, cfg: dict) -> bool:
-    return sec.protrusion_area * grid.px**2 >= cfg["min_area_mm2"]
+def _herniated(sec: Section, grid: Grid, cfg: HerniationConfig) -> bool:
+    return sec.protrusion_area * grid.px**2 >= cfg.min_area_mm2
 
 
 # --- the study -------------------------------------------------------------------------------------
@@ -276,10 +322,11 @@ class Findings:
     named: np.ndarray  # the class map levels were named on, small objects removed
 
 
-def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: dict | None = None) -> Findings:
+def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
+            post_config: postprocess.PostprocessConfig | None = None) -> Findings:
     """Name levels and measure every disc's sections (see the module doc)."""
     cfg = config or load_config()
-    sections_cfg = cfg["sections"]
+    sections_cfg = cfg.sections
     grid = Grid.from_config(sections_cfg)
     maps = list(maps)
     problems: list[str] = []
@@ -301,8 +348,8 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
     discs = [LevelFindings(disc_frame(inst, naming.affine)) for inst in levels.discs]
     for f in discs:
         d = f.disc
-        reach = d.height / 2 + sections_cfg["beyond_disc_mm"]
-        probe = d.height / 2 + cfg["herniation"]["endplate_probe_mm"]
+        reach = d.height / 2 + sections_cfg.beyond_disc_mm
+        probe = d.height / 2 + cfg.herniation.endplate_probe_mm
         volume_like = [i for i, m in enumerate(maps) if not is_axial_stack(m, d.normal, sections_cfg)]
         # Resample from the series the disc was found in, unless its own slices are the sections.
         volume_like.sort(key=lambda i: i != naming_index)
@@ -311,7 +358,7 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
             plates = [_sample(maps[i], d.centre + s * probe * d.normal, d.u, d.v, grid) for s in (-1, 1)]
             footprint = np.logical_or.reduce([np.isin(p, (BODY, SACRUM)) for p in plates])
             f.footprint = footprint if footprint.any() else None
-            for off in np.arange(-reach, reach + 1e-6, sections_cfg["step_mm"]):
+            for off in np.arange(-reach, reach + 1e-6, sections_cfg.step_mm):
                 point = d.centre + off * d.normal
                 f.sections.append(Section(i, None, float(off), point, d.normal, d.u, d.v,
                                           _sample(maps[i], point, d.u, d.v, grid)))
@@ -324,7 +371,7 @@ def measure(maps: Sequence[LabelMap], config: dict | None = None, post_config: d
             f.footprint = np.logical_or.reduce(bodies) if bodies and np.logical_or.reduce(bodies).any() else None
         margins = {}
         if f.footprint is not None:
-            margins = {i: _margin(f.footprint, maps[i], d.v, d.u, grid, cfg["herniation"])
+            margins = {i: _margin(f.footprint, maps[i], d.v, d.u, grid, cfg.herniation)
                        for i in {s.series for s in f.sections}}
         for sec in f.sections:
             _dural_sac(sec, grid)
@@ -368,7 +415,7 @@ def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Gri
 
 # --- per-disc findings ------------------------------------------------------------------------------
 
-def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: dict) -> dict:
+def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: HerniationConfig) -> dict:
     flagged = [s for s in f.sections if _herniated(s, grid, cfg)]
     if not flagged:
         return {"present": False}
@@ -389,8 +436,7 @@ def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: dict) -
     steps = np.diff(sorted({s.offset for s in f.sections if s.series == pool[0].series}))
     step = float(np.median(steps)) if len(steps) else maps[pool[0].series].extent_along(f.disc.normal)
     x = float(np.average(lateral, weights=weights))
-    c = cfg
-    direction = "central" if abs(x) < c["central_mm"] else "paracentral" if abs(x) < c["paracentral_mm"] else "foraminal"
+    direction = "central" if abs(x) < cfg.central_mm else "paracentral" if abs(x) < cfg.paracentral_mm else "foraminal"
     top = {"mm": _r(tops), **_pixel(maps, f, tops, grid)}
     return {
         "present": True,
@@ -465,7 +511,7 @@ def level_summary(level: dict) -> str:
     return f"{name}: " + "; ".join(parts)
 
 
-def findings_report(findings: Findings, config: dict | None = None) -> dict:
+def findings_report(findings: Findings, config: FindingsConfig | None = None) -> dict:
     """The JSON-ready report of :func:`measure`'s findings (without study metadata)."""
     cfg = config or load_config()
     levels_out = []
@@ -487,13 +533,13 @@ def findings_report(findings: Findings, config: dict | None = None) -> dict:
             "disc_volume_mm3": round(d.instance.volume_mm3, 1), "disc_height_mm": round(d.height, 2),
             "dural_sac": sac,
             "stenosis": stenosis_grade(sac["area_mm2"], cfg) if sac else None,
-            "herniation": _herniation(f, findings.maps, findings.grid, cfg["herniation"]),
+            "herniation": _herniation(f, findings.maps, findings.grid, cfg.herniation),
             "plane_disagreement": disagreement,
             "slices": [{
                 "series": s.series, "slice": s.slice, "offset_mm": round(s.offset, 2),
                 "point_mm": _r(s.point), "normal": [round(float(x), 4) for x in s.normal],
                 "dural_sac_area_mm2": round(s.sac_area, 1), "ap_diameter_mm": round(s.ap, 2),
-                "herniated": _herniated(s, findings.grid, cfg["herniation"]),
+                "herniated": _herniated(s, findings.grid, cfg.herniation),
                 "protrusion_area_mm2": round(s.protrusion_area * findings.grid.px**2, 1),
             } for s in sorted(f.sections, key=lambda s: (s.series, s.offset))],
         }
@@ -535,14 +581,14 @@ def _problems_of(maps: Sequence[LabelMap], shapes: Sequence[tuple[int, ...]]) ->
 
 def study_report(study: Study, classes: Sequence[np.ndarray | None] | None = None, *,
                  plane_classes: Sequence[dict[str, np.ndarray] | None] | None = None,
-                 source: str = "truth", config: dict | None = None) -> dict:
+                 source: str = "truth", config: FindingsConfig | None = None) -> dict:
     """The findings report of a study (schema :data:`SCHEMA`); see :func:`study_findings`."""
     return study_findings(study, classes, plane_classes=plane_classes, source=source, config=config)[0]
 
 
 def study_findings(study: Study, classes: Sequence[np.ndarray | None] | None = None, *,
                    plane_classes: Sequence[dict[str, np.ndarray] | None] | None = None,
-                   source: str = "truth", config: dict | None = None) -> tuple[dict, Findings | None]:
+                   source: str = "truth", config: FindingsConfig | None = None) -> tuple[dict, Findings | None]:
     """The findings report of a study (schema :data:`SCHEMA`) and the :class:`Findings` behind
     it (None when nothing could be measured).
 

@@ -1,8 +1,8 @@
 """In-process inference: study -> three plane networks -> learned 3D fusion -> tissue classes.
 
-A trained model is a folder (``weights/<name>/``): ``model.json`` (model preset, spacing,
-classes, how it was trained) and one state dict per network: ``sagittal.pt``, ``coronal.pt``,
-``axial.pt``, ``fusion.pt``.
+A trained model is a folder (``weights/<name>/``): ``model.json`` (:class:`ModelInfo`: model
+preset, spacing, classes, how it was trained) and one state dict per network: ``sagittal.pt``,
+``coronal.pt``, ``axial.pt``, ``fusion.pt``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,47 @@ import torch
 from torch import nn
 
 from lumbarseg import planes, tissues
+from lumbarseg.config import ConfigError, dump_config, other_keys, read_config
 from lumbarseg.io import budget
 from lumbarseg.io.study import Series, StudyError
 from lumbarseg.networks.fusion import fusion_net
 from lumbarseg.networks.plane_net import plane_net
 
 MODEL_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class FusionShape:
+    """The fusion network's shape (:func:`lumbarseg.networks.fusion.fusion_net`'s arguments
+    besides the class count), so that a folder loads into the network it was trained as."""
+
+    planes: int = 3
+    hidden: int | None = None  # hidden channels; None: twice the class count
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A weights folder's ``model.json``. What loading and serving the networks reads is typed;
+    the record of how they were trained (training preset, data, split, per-epoch history,
+    machine, ...) is kept as written, in ``record``: it is read by people, and folders written
+    by older versions must load whatever their record holds."""
+
+    preset: str  # plane network preset (configs/models/<preset>.json)
+    spacing_mm: float  # the isotropic grid the networks run on
+    tissues: tuple[str, ...]  # the networks' output classes, in order
+    fusion: FusionShape = FusionShape()
+    version: str = "shipped"  # the MONAI Label app's serving version: set when it publishes a retrained model
+    record: dict = other_keys()  # every other key of model.json
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ModelInfo":
+        path = Path(folder) / MODEL_FILE
+        if not path.is_file():
+            raise ConfigError(folder, f"no {MODEL_FILE}: not a lumbarseg weights folder")
+        return read_config(cls, path)
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / MODEL_FILE).write_text(json.dumps(dump_config(self), indent=1))
 
 
 @torch.no_grad()
@@ -58,7 +93,7 @@ class Segmentation:
 class Segmenter:
     """The three plane networks and the fusion, loaded from a weights folder."""
 
-    def __init__(self, plane_models: dict[str, nn.Module], fusion: nn.Module, spacing: float, info: dict):
+    def __init__(self, plane_models: dict[str, nn.Module], fusion: nn.Module, spacing: float, info: ModelInfo):
         self.plane_models = plane_models
         self.fusion = fusion
         self.spacing = spacing
@@ -67,18 +102,15 @@ class Segmenter:
     @classmethod
     def load(cls, folder: str | Path) -> "Segmenter":
         folder = Path(folder)
-        path = folder / MODEL_FILE
-        if not path.is_file():
-            raise StudyError(folder, f"no {MODEL_FILE}: not a lumbarseg weights folder")
-        info = json.loads(path.read_text())
-        k = len(info["tissues"])
+        info = ModelInfo.load(folder)
+        k = len(info.tissues)
         models = {}
         for plane in planes.PLANES:
-            models[plane] = plane_net(preset=info["preset"], num_classes=k)
+            models[plane] = plane_net(preset=info.preset, num_classes=k)
             models[plane].load_state_dict(load_state(folder / f"{plane}.pt"))
-        fusion = fusion_net(num_classes=k, **info.get("fusion", {}))
+        fusion = fusion_net(num_classes=k, planes=info.fusion.planes, hidden=info.fusion.hidden)
         fusion.load_state_dict(load_state(folder / "fusion.pt"))
-        return cls(models, fusion, float(info["spacing_mm"]), info)
+        return cls(models, fusion, info.spacing_mm, info)
 
     def plane_probabilities(self, image: np.ndarray) -> dict[str, np.ndarray]:
         return {plane: predict_plane(model, image, plane) for plane, model in self.plane_models.items()}
@@ -122,9 +154,14 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(folder: Path, plane_models: dict[str, nn.Module], fusion: nn.Module, info: dict) -> None:
-    """Write a weights folder; float tensors as float16 to keep shipped weights small."""
+    """Write a weights folder; float tensors as float16 to keep shipped weights small.
+
+    ``info``: the content of its ``model.json`` (:class:`ModelInfo`) but ``tissues``, which are
+    this version's (what the networks were built for); checked as loading checks it, so a
+    folder that is written also loads."""
+    model_info = read_config(ModelInfo, {**info, "tissues": list(tissues.TISSUE_NAMES)}, where=folder / MODEL_FILE)
     folder.mkdir(parents=True, exist_ok=True)
     for name, model in {**plane_models, "fusion": fusion}.items():
         state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         torch.save(state, folder / f"{name}.pt")
-    (folder / MODEL_FILE).write_text(json.dumps({**info, "tissues": list(tissues.TISSUE_NAMES)}, indent=1))
+    model_info.save(folder)

@@ -19,7 +19,7 @@ every name and lost the top disc. Here levels come from anatomy, in patient spac
 
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from lumbarseg import tissues
+from lumbarseg.config import read_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "postprocess.json"
 DISC, BODY, SACRUM = (tissues.TISSUE_NAMES.index(n) for n in ("disc", "vertebral_body", "sacrum"))
@@ -52,8 +53,18 @@ class Levels:
     notes: list[str] = field(default_factory=list)
 
 
-def load_config(path: Path = CONFIG) -> dict:
-    return json.loads(path.read_text())
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """``configs/postprocess.json``: what is too small to be an object, too long to be a sacrum."""
+
+    min_volume_mm3: dict[str, float]  # per tissue name; a tissue not named keeps every object
+    max_sacrum_length_mm: float  # a longer "sacrum" is a segmentation error, not an anchor
+
+
+@functools.cache
+def load_config(path: Path = CONFIG) -> PostprocessConfig:
+    """The post-processing thresholds, read and checked once per file (the object is shared: frozen)."""
+    return read_config(PostprocessConfig, path)
 
 
 def _voxel_volume(affine: np.ndarray) -> float:
@@ -75,9 +86,9 @@ def instances(classes: np.ndarray, affine: np.ndarray, tissue: int, min_volume_m
     return out
 
 
-def remove_small_objects(classes: np.ndarray, affine: np.ndarray, config: dict | None = None) -> np.ndarray:
+def remove_small_objects(classes: np.ndarray, affine: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
     """Class map with components below each class's minimum volume (mm^3) set to background."""
-    minimum = (config or load_config())["min_volume_mm3"]
+    minimum = (config or load_config()).min_volume_mm3
     out = classes.copy()
     voxel = _voxel_volume(affine)
     for k, name in enumerate(tissues.TISSUE_NAMES[1:], start=1):
@@ -162,9 +173,10 @@ def _count_up(items: list[Instance], names_caudal_first: tuple[str, ...]) -> Non
         inst.name = names_caudal_first[index] if index < len(names_caudal_first) else None
 
 
-def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = None) -> Levels:
+def name_levels(classes: np.ndarray, affine: np.ndarray, config: PostprocessConfig | None = None) -> Levels:
     """Discs and vertebral bodies of a tissue-class map, named by level (see module doc)."""
-    minimum = (config or load_config())["min_volume_mm3"]
+    cfg = config or load_config()
+    minimum = cfg.min_volume_mm3
     discs = instances(classes, affine, DISC, minimum["disc"])
     bodies = instances(classes, affine, BODY, minimum["vertebral_body"])
     sacra = instances(classes, affine, SACRUM, minimum["sacrum"])
@@ -180,7 +192,7 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: dict | None = N
     notes: list[str] = []
 
     anchor, confidence = "lowest disc", 0.6
-    longest = (config or load_config())["max_sacrum_length_mm"]
+    longest = cfg.max_sacrum_length_mm
     span = None if sacrum is None else _span(sacrum, affine, axis)
     if span is not None and np.ptp(span) > longest:
         # No sacrum is that long: a segmentation that calls much of the image "sacrum" must not

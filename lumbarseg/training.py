@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from lumbarseg import datasets, metrics, pipeline, planes, tissues
 from lumbarseg.augment import paper_augmentations
+from lumbarseg.config import ConfigError, read_config
 from lumbarseg.io import manifest
 from lumbarseg.io.study import StudyError
 from lumbarseg.losses import PartialDiceCELoss
@@ -35,6 +36,7 @@ from lumbarseg.networks.plane_net import plane_net
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "configs" / "data" / "split.json"
+PRESETS = REPO / "configs" / "training"
 GROUPS = ("train", "fusion", "holdout")
 UNSEEN = "unseen"  # a subject of a split set that no group names (see group_of)
 CACHE_VERSION = 3  # bump when datasets.prepare or save_volume changes what a cached volume holds
@@ -42,7 +44,32 @@ log = logging.getLogger("lumbarseg.train")
 
 
 @dataclass(frozen=True)
+class PhantomDraw:
+    """How many phantoms join each training group: they carry the only labels of the tissues
+    no real set labels."""
+
+    train: int  # phantoms the plane networks train on
+    fusion: int  # phantoms the fusion trains on
+    seed: int  # phantom i of the train group is phantom.generate(seed + i); of the fusion group, seed + 100000 + i
+
+
+@dataclass(frozen=True)
+class FusionRecipe:
+    """The fusion's own schedule: it trains on 3D patches of the plane networks' predictions."""
+
+    epochs: int
+    iterations_per_epoch: int
+    patch: int  # cube edge, voxels
+    batch_size: int
+    learning_rate: float
+    # Draw patches set by set (as the planes draw slices), not study by study.
+    balance_sets: bool = False
+
+
+@dataclass(frozen=True)
 class TrainingPreset:
+    """A training recipe, ``configs/training/<name>.json`` (:meth:`load`)."""
+
     model: str  # plane network preset (configs/models/<model>.json)
     spacing_mm: float  # isotropic resampling of every study
     input_size: int  # square training crop, pixels
@@ -53,21 +80,19 @@ class TrainingPreset:
     weight_decay: float
     labelled_slice_fraction: float  # share of slices drawn among those with labels
     augment_probability: float
-    phantoms: dict  # {"train": n, "fusion": n, "seed": s}
-    # {"epochs", "iterations_per_epoch", "patch", "batch_size", "learning_rate"} and optionally
-    # "balance_sets": draw patches set by set (as the planes draw slices), not study by study.
-    fusion: dict
+    phantoms: PhantomDraw
+    fusion: FusionRecipe
     seed: int
     # How often a set is drawn relative to the others (default 1 each); phantoms carry the only
     # hernia, sacrum and spinous-process labels, so the lite preset draws them more often.
-    set_weights: dict = field(default_factory=dict)
+    set_weights: dict[str, float] = field(default_factory=dict)
     # Share of slices cut through a voxel of a class drawn uniformly among those the study
     # labels, crop placed around it (nnU-Net's foreground oversampling): small tissues such as a
     # hernia or the sacrum are otherwise too rare in random crops to be learnt.
     class_centred_fraction: float = 0.0
     # Cross-entropy weight of pixels surely of a class (default 1): tissues only phantoms label
     # (sacrum, spinous process: marrow like the bodies; hernia: tiny) are otherwise never learnt.
-    class_weights: dict = field(default_factory=dict)
+    class_weights: dict[str, float] = field(default_factory=dict)
 
     def class_weight_tensor(self) -> torch.Tensor | None:
         if not self.class_weights:
@@ -76,22 +101,19 @@ class TrainingPreset:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "TrainingPreset":
+        """A preset by name (``configs/training/<name>.json``) or JSON path; :class:`ConfigError`
+        if there is none or it does not fit this class."""
         path = Path(name_or_path)
         if not path.is_file():
-            path = REPO / "configs" / "training" / f"{name_or_path}.json"
+            path = PRESETS / f"{name_or_path}.json"
         if not path.is_file():
-            known = sorted(p.stem for p in (REPO / "configs" / "training").glob("*.json"))
-            raise StudyError(name_or_path, f"no such training preset; known: {known}")
-        data = {k: v for k, v in json.loads(path.read_text()).items() if k != "about"}
-        names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-        if not required <= set(data) <= names:
-            raise StudyError(path, f"preset keys differ from {sorted(names)}: missing {sorted(required - set(data))}, "
-                                   f"unknown {sorted(set(data) - names)}")
-        unknown = set(data.get("class_weights", {})) - set(tissues.TISSUE_NAMES)
+            known = sorted(p.stem for p in PRESETS.glob("*.json"))
+            raise ConfigError(name_or_path, f"no such training preset; known: {known}")
+        preset = read_config(cls, path)
+        unknown = set(preset.class_weights) - set(tissues.TISSUE_NAMES)
         if unknown:
-            raise StudyError(path, f"class_weights names unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
-        return cls(**data)
+            raise ConfigError(path, f"class_weights names unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
+        return preset
 
 
 def load_split(path: Path = SPLIT) -> dict[str, dict[str, list[str]]]:
@@ -147,12 +169,12 @@ def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
         group = group_of(entry, split)
         if group in out:
             out[group].append(_cached(entry, preset.spacing_mm, cache))
-    if preset.phantoms["train"] or preset.phantoms["fusion"]:
+    draw = preset.phantoms
+    if draw.train or draw.fusion:
         from lumbarseg import phantom
-    seed = preset.phantoms["seed"]
-    for group, offset in (("train", 0), ("fusion", 100_000)):
-        for i in range(preset.phantoms[group]):
-            out[group].append(datasets.prepare(phantom.generate(seed + offset + i), preset.spacing_mm))
+    for group, count, offset in (("train", draw.train, 0), ("fusion", draw.fusion, 100_000)):
+        for i in range(count):
+            out[group].append(datasets.prepare(phantom.generate(draw.seed + offset + i), preset.spacing_mm))
     if not out["train"]:
         raise StudyError(", ".join(map(str, data_dirs)), "no training studies")
     return out
@@ -343,16 +365,16 @@ class PatchDataset(Dataset):
 
     def __init__(self, inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset, epoch: int):
         self.inputs, self.volumes, self.preset, self.epoch = inputs, volumes, preset, epoch
-        self.draw = _SetDraw(volumes, preset) if preset.fusion.get("balance_sets") else None
+        self.draw = _SetDraw(volumes, preset) if preset.fusion.balance_sets else None
 
     def __len__(self) -> int:
-        return self.preset.fusion["iterations_per_epoch"] * self.preset.fusion["batch_size"]
+        return self.preset.fusion.iterations_per_epoch * self.preset.fusion.batch_size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.preset.seed, self.epoch, i, 99])
         j = self.draw(rng) if self.draw else int(rng.integers(len(self.volumes)))
         volume, x = self.volumes[j], self.inputs[j]
-        p = self.preset.fusion["patch"]
+        p = self.preset.fusion.patch
         src, dst = zip(*(_window(n, p, rng) for n in volume.shape))
         z = np.arange(volume.shape[2])[src[2]][None, None, :]
         patch = np.zeros((x.shape[0], p, p, p), np.float32)
@@ -389,7 +411,7 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
     f = preset.fusion
 
     def loader(epoch: int) -> DataLoader:
-        return DataLoader(PatchDataset(inputs, volumes, preset, epoch), batch_size=f["batch_size"])
+        return DataLoader(PatchDataset(inputs, volumes, preset, epoch), batch_size=f.batch_size)
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
         # The fusion's own training subjects: a sanity check, not a held-out score.
@@ -399,7 +421,7 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
                      for v, x in zip(volumes, inputs)}
         return validation_dice(lambda v: preds[v.key], volumes)
 
-    history = _run_epochs("fusion", model, loader, f["epochs"], f["learning_rate"], preset.weight_decay,
+    history = _run_epochs("fusion", model, loader, f.epochs, f.learning_rate, preset.weight_decay,
                           validate, checkpoint, preset.class_weight_tensor())
     return model, history
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from lumbarseg import disagreement
 from lumbarseg.evaluation import study_dice
 from lumbarseg.io import manifest
+from lumbarseg.config import ConfigError
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
 from lumbarseg.training import group_of, load_split
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run(Path(args.weights), Path(args.data))
-    except StudyError as err:
+    except (StudyError, ConfigError) as err:
         print(f"disagreement_experiment: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from lumbarseg import tissues
+from lumbarseg.config import ConfigError
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
 from lumbarseg.training import TrainingPreset, collect_volumes, fit_fusion, fusion_inputs, network, subject_unit, validation_dice
@@ -82,7 +83,7 @@ def run(weights: Path, data: list[Path], preset: TrainingPreset, cache: Path, n_
     for variant, change in VARIANTS.items():
         if change is None:
             continue
-        variant_preset = dataclasses.replace(preset, fusion={**preset.fusion, **change})
+        variant_preset = dataclasses.replace(preset, fusion=dataclasses.replace(preset.fusion, **change))
         for f in range(n_folds):
             train = [j for j in range(len(volumes)) if fold[j] != f]
             with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     try:
         result = run(args.weights, args.data, TrainingPreset.load(args.preset), args.cache, args.folds)
-    except StudyError as e:
+    except (StudyError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result["minutes"] = round((time.perf_counter() - began) / 60, 1)

@@ -80,7 +80,7 @@ def test_epistemic_entropy_is_seeded_and_bounded(phantoms, tmp_path):
     segmenter = Segmenter.load(untrained_weights(tmp_path / "w", spacing=6.0))
     series = manifest.load_entry(manifest.read_manifest(folder)[0]).primary
     a, b = (al.epistemic_entropy(segmenter, series, samples=3, seed=5) for _ in range(2))
-    assert a == b and 0.0 < a <= math.log2(len(segmenter.info["tissues"]))
+    assert a == b and 0.0 < a <= math.log2(len(segmenter.info.tissues))
     assert al.epistemic_entropy(segmenter, series, samples=3, seed=6) != a  # dropout is on
     with pytest.raises(al.ActiveLearningError, match="at least 2"):
         al.epistemic_entropy(segmenter, series, samples=1)

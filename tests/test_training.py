@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from lumbarseg import cli, datasets, io, phantom, tissues
+from lumbarseg.config import ConfigError
 from lumbarseg.evaluation import evaluate
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
-from lumbarseg.training import REPO, PatchDataset, SliceDataset, TrainingPreset, train
+from lumbarseg.training import REPO, PatchDataset, PhantomDraw, SliceDataset, TrainingPreset, train
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_new_subjects_of_a_split_set_are_scored_as_unseen_and_never_trained_on(t
     assert evaluate(trained[1], tmp_path, all_subjects=True)["subjects_evaluated"] == 2
     from lumbarseg.training import collect_volumes
 
-    volumes = collect_volumes([tmp_path], replace(TrainingPreset.load("smoke"), phantoms={"train": 1, "fusion": 0, "seed": 5}),
+    volumes = collect_volumes([tmp_path], replace(TrainingPreset.load("smoke"), phantoms=PhantomDraw(train=1, fusion=0, seed=5)),
                               tmp_path / "cache")
     assert [v.key.split("/")[0] for v in volumes["train"]] == ["phantom"]  # the one generated phantom only
 
@@ -94,7 +95,7 @@ def test_bad_training_input_names_the_file(tmp_path):
     (tmp_path / "manifest.csv").write_text("set,subject,image,label,modality,structures\nx,1,gone.nii.gz,l.nii.gz,t2w,1=disc\n")
     with pytest.raises(StudyError, match="gone.nii.gz: file not found"):
         train(TrainingPreset.load("smoke"), [tmp_path], tmp_path / "run")
-    with pytest.raises(StudyError, match="no such training preset"):
+    with pytest.raises(ConfigError, match="no such training preset"):
         TrainingPreset.load("nonexistent")
 
 
@@ -136,7 +137,7 @@ def test_fusion_patches_are_drawn_study_by_study_or_set_by_set():
     inputs = [np.full((channels, 8, 8, 8), value, np.float16) for value in (1.0, 2.0, 3.0)]
     preset = TrainingPreset.load("smoke")
     for balance, real_share in ((False, 1 / 3), (True, 1 / 2)):
-        fusion = {**preset.fusion, "patch": 8, "batch_size": 1, "iterations_per_epoch": 600, "balance_sets": balance}
+        fusion = replace(preset.fusion, patch=8, batch_size=1, iterations_per_epoch=600, balance_sets=balance)
         data = PatchDataset(inputs, volumes, replace(preset, fusion=fusion), epoch=0)
         drawn = [float(data[i][0].max()) for i in range(len(data))]
         assert set(drawn) == {1.0, 2.0, 3.0}
@@ -166,6 +167,6 @@ def test_a_preset_weighting_an_unknown_tissue_names_the_file(tmp_path):
     data["class_weights"] = {"sacrum": 5.0, "coccyx": 3.0}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(StudyError, match="coccyx") as error:
+    with pytest.raises(ConfigError, match="coccyx") as error:
         TrainingPreset.load(path)
     assert str(path) in str(error.value)

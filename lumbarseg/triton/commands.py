@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from lumbarseg.config import ConfigError
 from lumbarseg.io.study import Series, Study, StudyError
 from lumbarseg.triton.server import DEFAULT_URL, TritonError
 
@@ -192,7 +193,7 @@ def _infer(args: argparse.Namespace) -> int:
             named = [lv["level"] for lv in result.report["levels"] if lv["level"]]
             print(f"{path} -> {target}  discs {', '.join(named) or 'none'} (anchor {naming.get('anchor')}, "
                   f"confidence {naming.get('confidence')})", flush=True)
-    except (TritonError, StudyError) as err:
+    except (TritonError, StudyError, ConfigError) as err:  # ConfigError: a weights folder without a valid model.json
         return _fail(args, err)
     return 0
 

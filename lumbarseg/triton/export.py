@@ -220,9 +220,9 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
 
     segmenter = Segmenter.load(weights)
     repository = Path(repository)
-    k = len(segmenter.info["tissues"])
-    if list(segmenter.info["tissues"]) != list(tissues.TISSUE_NAMES):
-        raise ExportError(f"{weights}: trained for tissues {segmenter.info['tissues']}, this version of "
+    k = len(segmenter.info.tissues)
+    if list(segmenter.info.tissues) != list(tissues.TISSUE_NAMES):
+        raise ExportError(f"{weights}: trained for tissues {list(segmenter.info.tissues)}, this version of "
                           f"lumbarseg serves {list(tissues.TISSUE_NAMES)}")
     _install_template(repository, version)
     volume = _phantom_volume(segmenter.spacing)
@@ -247,7 +247,7 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
     for config in (Path("config.pbtxt"), CPU_CONFIG):
         path = repository / PIPELINE / config
         _set_parameter(path, "spacing_mm", f"{segmenter.spacing:g}")
-        _set_parameter(path, "tissues", ",".join(segmenter.info["tissues"]))
+        _set_parameter(path, "tissues", ",".join(segmenter.info.tissues))
         pipeline_config = read_config(path)
         for output in pipeline_config.output:
             if output.name.endswith("PROBABILITIES") and output.dims[0] != k:

@@ -10,15 +10,15 @@ of the repository's models and loaded through Triton's model control, and only t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from lumbarseg.io.study import Series
-from lumbarseg.pipeline import MODEL_FILE, Segmentation, Segmenter
+from lumbarseg.pipeline import MODEL_FILE, ModelInfo, Segmentation, Segmenter
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[3]
@@ -48,8 +48,7 @@ class ServedModel:
     @property
     def version(self) -> str:
         """Changes whenever a new model is published (scores computed with another are stale)."""
-        info = json.loads((self.folder / MODEL_FILE).read_text())
-        return str(info.get("version", "shipped"))
+        return ModelInfo.load(self.folder).version
 
     def segmenter(self) -> Segmenter:
         """The in-process networks of the current version (reloaded after a publish)."""
@@ -69,9 +68,7 @@ class ServedModel:
 
     def publish(self, weights: Path, version: str) -> None:
         """Serve ``weights`` (a finished weights folder) as ``version`` from now on."""
-        info_path = Path(weights) / MODEL_FILE
-        info = json.loads(info_path.read_text())
-        info_path.write_text(json.dumps({**info, "version": version}, indent=1))
+        replace(ModelInfo.load(weights), version=version).save(weights)
         Segmenter.load(weights)  # a folder that does not load is never published
         if self.backend == "triton":
             self._publish_to_triton(Path(weights))

@@ -30,7 +30,6 @@ not NIfTI, 422 content that is not a study or not within a budget.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import shutil
@@ -45,7 +44,7 @@ from fastapi import HTTPException
 
 from lumbarseg import io
 from lumbarseg.io.study import StudyError
-from lumbarseg.training import REPO as LUMBARSEG_REPO
+from lumbarseg.training import PRESETS  # configs/training
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -53,7 +52,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # MONAI Label takes from the client's file name.
 UPLOAD_NAME = re.compile(r"tmp[a-z0-9_]{8}(\.[^/]*)?")
 STALE_S = 3600  # an upload older than this belongs to no running request
-PRESETS = LUMBARSEG_REPO / "configs" / "training"
 
 
 def check_name(value, what: str) -> str:
@@ -103,9 +101,9 @@ def result_suffix(value) -> str:
 
 def model_spacing(folder: str | Path) -> float:
     """The grid spacing (mm) of the weights folder ``folder`` (its ``model.json``)."""
-    from lumbarseg.pipeline import MODEL_FILE
+    from lumbarseg.pipeline import ModelInfo
 
-    return float(json.loads((Path(folder) / MODEL_FILE).read_text())["spacing_mm"])
+    return ModelInfo.load(folder).spacing_mm
 
 
 def study_problem(err: StudyError) -> str:

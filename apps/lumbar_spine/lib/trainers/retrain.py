@@ -34,7 +34,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lumbarseg import tissues
 from lumbarseg.io import manifest, nifti
-from lumbarseg.io.study import StudyError
+from lumbarseg.config import ConfigError
 from lumbarseg.training import TrainingPreset, train
 
 from lib.backend import ServedModel
@@ -104,9 +104,9 @@ class Retrain(TrainTask):
         # Fine-tuning keeps the served model's network preset and spacing, whatever the preset says.
         served = self.model.segmenter().info
         try:
-            preset = replace(TrainingPreset.load(request.get("preset", self.preset)), model=served["preset"],
-                             spacing_mm=float(served["spacing_mm"]))
-        except StudyError as err:
+            preset = replace(TrainingPreset.load(request.get("preset", self.preset)), model=served.preset,
+                             spacing_mm=served.spacing_mm)
+        except ConfigError as err:
             raise HTTPException(status_code=422, detail=str(err)) from err
         labelled = datastore.datalist()
         needed = 2 if "fusion" in self.networks else 1
