@@ -12,6 +12,7 @@ import pytest
 
 from lumbarseg import io
 from lumbarseg.io import StudyError
+from lumbarseg.io.study import Series
 
 
 def _affine(spacing=(1.0, 0.8, 3.0)):
@@ -191,3 +192,18 @@ def test_every_shared_set_loads_through_its_manifest(shared_data):
     assert [e.image for e in per_set] == [e.image for e in entries if e.set == "lumbar_ivd_t2"]
     dixon = next(e for e in entries if e.set == "ivdm3seg_crops")
     assert io.load_entry(dixon).primary.modalities == ("dixon_fat", "dixon_in", "dixon_opp")
+
+
+def test_a_label_stored_in_another_axis_order_is_taken_onto_the_series_grid():
+    rng = np.random.default_rng(3)
+    affine = np.array([[0, 0, -2.0, 30], [0.5, 0, 0, -10], [0, -0.5, 0, 5], [0, 0, 0, 1]])
+    series = Series(np.zeros((1, 6, 5, 4), np.float32), affine, ("t2w",), source="s.dcm")
+    label = rng.integers(0, 5, series.shape).astype(np.uint8)
+    # the same voxels as another converter stores them: axes reversed and the first flipped
+    other = label[::-1].transpose(2, 1, 0)
+    other_affine = affine @ np.array([[0, 0, -1, 5], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    np.testing.assert_array_equal(series.take_label(other, other_affine), label)
+    shifted = other_affine.copy()
+    shifted[0, 3] += 3.0  # the same shape 3 mm away: other voxels
+    with pytest.raises(StudyError, match=r"s.dcm: a label of shape \(4, 5, 6\) is not on this series' grid"):
+        series.take_label(other, shifted)

@@ -68,6 +68,23 @@ class Series:
         xyz = np.asarray(xyz, dtype=np.float64)
         return xyz @ inv[:3, :3].T + inv[:3, 3]
 
+    def take_label(self, label: np.ndarray, affine: np.ndarray, tol_mm: float = 1e-2) -> np.ndarray:
+        """``label`` on this series' grid, given on the same voxels stored in another axis order
+        (``affine``): the same study read by another converter (a DICOM series that MONAI Label
+        turned into NIfTI). Axis flips and permutations only; :class:`StudyError` when the two
+        grids are not the same voxels."""
+        import nibabel as nib
+
+        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                               nib.orientations.io_orientation(self.affine))
+        out = np.ascontiguousarray(nib.orientations.apply_orientation(label, ornt))
+        moved = affine @ nib.orientations.inv_ornt_aff(ornt, label.shape)
+        corners = np.array([[0, 0, 0, 1], [*np.array(self.shape) - 1, 1]], float).T
+        if out.shape != self.shape or np.abs((moved - self.affine) @ corners).max() > tol_mm:
+            raise StudyError(self.source or self.description or "series",
+                             f"a label of shape {label.shape} is not on this series' grid {self.shape}")
+        return out
+
     def check(self) -> "Series":
         """Raise :class:`StudyError` unless this series keeps the data contract."""
         where = self.source or self.description or "series"
