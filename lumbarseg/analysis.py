@@ -1,8 +1,9 @@
 """One study through a segmenter to what a user gets back: a label map and the findings report.
 
-Every front door (``lumbarseg infer``, the MONAI Label app's infer tasks) calls :func:`analyse`,
-so post-processing, level naming and the report are the same whichever backend ran the
-networks (:class:`lumbarseg.pipeline.Segmenter` in process, or
+Every front door (``lumbarseg infer``, the MONAI Label app's infer tasks, ``lumbarseg
+evaluate-findings --source model``) calls :func:`analyse`, so post-processing, level naming and
+the report are the same whichever backend ran the networks
+(:class:`lumbarseg.pipeline.Segmenter` in process, or
 :class:`lumbarseg.triton.client.TritonSegmenter`).
 """
 
@@ -27,7 +28,9 @@ class Analysis:
 
 
 def analyse(study: Study, segment: Callable[[Series], Segmentation], *, plane: str | None = None) -> Analysis:
-    """Segment the study's primary series and turn the result into named levels and findings.
+    """Segment the study's primary series and turn the result into named levels and findings
+    (the primary only: other series of a clinical study, such as its axial stacks, are not
+    measured; a manifest study, as ``evaluate-findings`` reads, is one series).
 
     ``plane``: one of :data:`lumbarseg.planes.PLANES` to return that plane network's own
     answer instead of the fused one (the report then measures that answer too)."""

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lumbarseg import measure, tissues
+from lumbarseg.analysis import analyse
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Study, StudyError
 
@@ -131,11 +132,6 @@ def _top_errors(found: dict, hernia: dict, level: dict, study: Study) -> dict:
             "direction_correct": found["direction"] == hernia["direction"]}
 
 
-def _model_masks(segmenter, study: Study) -> tuple[list[np.ndarray], list[dict]]:
-    segmentations = [segmenter.segment(s) for s in study.series]
-    return [s.classes for s in segmentations], [s.plane_classes for s in segmentations]
-
-
 def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Path | None = None,
                       reports: str | Path | None = None) -> dict:
     """Findings of every study of ``data`` scored against its truth (see the module doc).
@@ -159,9 +155,8 @@ def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Pa
             continue
         if segmenter is None:
             report = measure.study_report(study, config=config)
-        else:
-            masks, planes = _model_masks(segmenter, study)
-            report = measure.study_report(study, masks, plane_classes=planes, source="model", config=config)
+        else:  # what lumbarseg infer and the MONAI Label app report (a manifest study is one series)
+            report = analyse(study, segmenter.segment).report
         if reports is not None:
             (Path(reports) / f"{entry.set}_{entry.subject}.json").write_text(json.dumps(report, indent=1))
         row = {"set": entry.set, "subject": entry.subject, "status": report["status"], "problems": report["problems"],

@@ -421,7 +421,7 @@ def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: Herniat
         return {"present": False}
     # Prefer resampled volume sections (finer along the normal) for the 3D description.
     pool = [s for s in f.sections if s.slice is None and s.protrusion_area] or [s for s in f.sections if s.protrusion_area]
-    depth, best, tops = -np.inf, None, None
+    depth, tops = -np.inf, None
     lateral, weights = [], []
     for s in pool:
         rows, cols = np.nonzero(s.protrusion)
@@ -429,7 +429,7 @@ def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: Herniat
         weights.append(len(rows))
         posterior = -grid.V[rows].min()
         if posterior > depth:
-            depth, best = posterior, s
+            depth = posterior
             near = -grid.V[rows] >= posterior - 1.0  # ties of a flat top: their middle
             tops = s.world(rows[near], cols[near], grid).mean(axis=0)
     offsets = [s.offset for s in pool]

@@ -19,7 +19,7 @@ from torch import nn
 from lumbarseg import planes, tissues
 from lumbarseg.config import ConfigError, dump_config, other_keys, read_config
 from lumbarseg.io import budget
-from lumbarseg.io.study import Series, StudyError
+from lumbarseg.io.study import Series
 from lumbarseg.networks.fusion import fusion_net
 from lumbarseg.networks.plane_net import plane_net
 
@@ -148,7 +148,7 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise StudyError(path, "weights file missing")
+        raise ConfigError(path, "weights file missing")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {name: t.float() if t.is_floating_point() else t for name, t in state.items()}
 

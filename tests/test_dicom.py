@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from lumbarseg import phantom, tissues
 from lumbarseg.io import load_study
 from lumbarseg.io.dicom import load_dicom, read_dicom_seg, write_dicom_seg, write_dicom_series, write_dicom_study
-from lumbarseg.io.study import Series, Study, StudyError
+from lumbarseg.io.study import Series, StudyError
 
 
 def oblique_series(shape=(40, 32, 6), spacing=(0.7, 0.7, 4.0), angles=(20, -15, 10), channels=("t2w",), seed=0):

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from lumbarseg import cli, findings, phantom, tissues
+from lumbarseg.analysis import analyse
+from lumbarseg.datasets import tissue_target
 from lumbarseg.io.study import Series, Study
+from lumbarseg.pipeline import Segmentation, Segmenter
 
 
 def test_detection_statistics_count_like_table_5():
@@ -56,6 +59,24 @@ def test_evaluate_findings_on_phantoms_from_ground_truth(phantoms, tmp_path):
     assert results["top_point"]["n"] == 4 and results["top_point"]["mae_mm"] < 3.0
     assert results["levels"]["accuracy"] == 1.0 and results["levels"]["total"] >= 2 * 12
     assert len(list((tmp_path / "r").glob("*.json"))) == 2
+
+
+def test_model_findings_are_the_reports_of_analyse(phantoms, monkeypatch):
+    """``--source model`` reports through :func:`lumbarseg.analysis.analyse`, as ``lumbarseg infer``
+    and the MONAI Label app do: a model that answers with the truth scores as the truth does."""
+
+    class Perfect:
+        def segment(self, series: Series) -> Segmentation:
+            return Segmentation(tissue_target(series.label, tissues.STUDY_LABELS), {}, {}, np.zeros(0))
+
+    analysed = []
+    monkeypatch.setattr(Segmenter, "load", classmethod(lambda cls, weights: Perfect()))
+    monkeypatch.setattr(findings, "analyse", lambda study, segment: analysed.append(study.subject) or analyse(study, segment))
+    model = findings.evaluate_findings(phantoms, "model", weights="perfect")
+    truth = findings.evaluate_findings(phantoms, "truth")
+    assert len(analysed) == 2 and model["source"] == "model"
+    assert {k: v for k, v in model.items() if k not in ("source", "weights")} == \
+        {k: v for k, v in truth.items() if k not in ("source", "weights")}
 
 
 def test_evaluate_findings_bad_input_is_a_message(tmp_path, capsys):

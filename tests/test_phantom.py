@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lumbarseg import phantom, planes, tissues
+from lumbarseg import phantom, tissues
 from lumbarseg.io import manifest
 
 V = tissues.STUDY_VALUES

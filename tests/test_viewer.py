@@ -11,10 +11,8 @@ is not. ``LUMBARSEG_UPDATE_DOCS=1`` also writes the screenshot to ``docs/ohif_lu
 from __future__ import annotations
 
 import io as _io
-import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 

@@ -20,7 +20,6 @@ already stored stay as they were.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import nibabel as nib

@@ -1,51 +1,46 @@
 """Auto-segmentation infer tasks: the fused ensemble (``lumbar_spine``) or one plane network.
 
-MONAI Label's :class:`BasicInferTask` runs pre-transforms, the inferer, post-transforms and
-the writer; here the pre-transform loads the study with :mod:`lumbarseg.io` (NIfTI file or
-DICOM folder, in patient space), the inferer is :func:`lumbarseg.analysis.analyse` on the
-served model (in process or Triton), and the writer saves the study label map (values of
-:data:`lumbarseg.tissues.STUDY_LABELS`, which is also the task's label list) and returns the
-findings report in the result JSON under ``report``.
+MONAI Label's :class:`BasicInferTask` runs the request through (``lib.transforms.transforms``
+says what each step reads and writes):
 
-Errors reach the client as HTTP errors with a reason: an unreadable study is 422, an
-unreachable or unready Triton 503. The server stays up either way.
+* pre-transforms: :class:`LoadStudyd` loads the study with :mod:`lumbarseg.io` (NIfTI file or
+  DICOM folder, in patient space);
+* the inferer: :class:`AnalyseStudyd`, :func:`lumbarseg.analysis.analyse` on the served model
+  (in process or Triton): the study label map (values of :data:`lumbarseg.tissues.STUDY_LABELS`,
+  which is also the task's label list) and the findings report;
+* post-transforms: the label map's affine where MONAI Label's Writer reads it, and the report
+  and model version into the result JSON;
+* the writer: MONAI Label's :class:`Writer` (see :meth:`SegmentLumbarSpine.writer`).
+
+Errors reach the client as HTTP errors with a reason, mapped in :meth:`SegmentLumbarSpine.__call__`
+only: an unreadable study is 422, an unreachable or unready Triton 503, a broken model
+configuration 500. The server stays up either way.
 """
 
 from __future__ import annotations
 
-import tempfile
+import logging
+import os
 from typing import Any, Callable, Sequence
 
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.interfaces.utils.transform import run_transforms
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.writer import Writer
 
-from lumbarseg import io, tissues
-from lumbarseg.analysis import analyse
+from lumbarseg import tissues
+from lumbarseg.config import ConfigError
 from lumbarseg.io.study import StudyError
 from lumbarseg.triton.server import TritonError
 
 from lib import guards
 from lib.backend import ServedModel
+from lib.transforms.transforms import ANALYSIS, STUDY, AnalyseStudyd, LabelGeometryd, LoadStudyd, ReportResultd
 
+log = logging.getLogger(__name__)
 LABELS = list(tissues.STUDY_LABELS.values())  # value i + 1 is LABELS[i]
-
-
-class LoadStudyd:
-    """``data["image"]`` (a NIfTI path or a DICOM folder) -> ``data["study"]`` (:class:`Study`),
-    after the memory budgets checked from its header (:func:`lumbarseg.io.check_study`, with the
-    network grid at ``spacing()`` mm)."""
-
-    def __init__(self, spacing: Callable[[], float] | None = None):
-        self.spacing = spacing
-
-    def __call__(self, data: dict) -> dict:
-        try:
-            io.check_study(data["image"], self.spacing() if self.spacing else None)
-            data["study"] = io.load_study(data["image"])
-        except StudyError as err:
-            raise HTTPException(status_code=422, detail=str(err)) from err
-        return data
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")  # result_dtype a client may ask for
 
 
 class SegmentLumbarSpine(BasicInferTask):
@@ -63,45 +58,56 @@ class SegmentLumbarSpine(BasicInferTask):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "plane": self.plane or "ensemble", "backend": self.model.backend}
 
-    def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [LoadStudyd(lambda: guards.model_spacing(self.model.folder))]
-
-    def post_transforms(self, data=None) -> Sequence[Callable]:
-        return []
-
-    def run_inferer(self, data: dict, convert_to_batch: bool = True, device: str = "cpu") -> dict:
+    def __call__(self, request, callbacks=None):
+        """:meth:`BasicInferTask.__call__`, its errors as HTTP answers with a reason (a bad
+        study's as the datastore gives it, :func:`guards.study_problem`)."""
         try:
-            analysis = analyse(data["study"], lambda s: self.model.segment(s, with_planes=True), plane=self.plane)
+            return super().__call__(request, callbacks)
+        except StudyError as err:
+            raise HTTPException(status_code=422, detail=guards.study_problem(err)) from err
         except TritonError as err:
             raise HTTPException(status_code=503, detail=f"Triton backend unavailable: {err}") from err
-        except StudyError as err:
-            raise HTTPException(status_code=422, detail=str(err)) from err
-        data["pred"], data["affine"], data["report"] = analysis.label, analysis.affine, analysis.report
-        return data
+        except ConfigError as err:
+            log.exception("infer %s: the served model's configuration is broken", self.plane or "ensemble")
+            raise HTTPException(status_code=500, detail=f"server configuration fault: {err.reason}") from err
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [LoadStudyd(self.input_key, spacing=lambda: guards.model_spacing(self.model.folder))]
+
+    def inferer(self, data=None) -> AnalyseStudyd:
+        return AnalyseStudyd(STUDY, self.model.segment, plane=self.plane, label=self.output_label_key)
+
+    def run_inferer(self, data: dict, convert_to_batch: bool = True, device: str = "cpu") -> dict:
+        """:meth:`BasicInferTask.run_inferer`'s branch for an inferer that is a transform. The
+        base method first asks MONAI Label for a torch network, which fails for a task without
+        a model path: the served model runs in process or on Triton (:class:`ServedModel`)."""
+        return run_transforms(data, self.inferer(data), log_prefix="INF", log_name="Inferer")
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [LabelGeometryd(self.output_label_key),
+                ReportResultd(ANALYSIS, model_version=self.model.version, result=self.output_json_key)]
 
     def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
-        # The request's result_extension: OHIF's MONAI Label panel asks for ".nrrd" (uncompressed)
-        # and parses NRRD; other clients get NIfTI unless they ask.
-        suffix = guards.result_suffix(extension or data.get("result_extension") or ".nii.gz")
-        path = tempfile.NamedTemporaryFile(suffix=suffix, delete=False, dir=guards.results_folder()).name
-        if suffix in (".nii.gz", ".nii"):
-            io.save_label(data["pred"], data["affine"], path)
-        else:
-            _save_itk(data["pred"], data["affine"], path, dtype=data.get("result_dtype") or "uint8",
-                      compress=bool(data.get("result_compress", True)))
-        return path, {"report": data["report"], "model_version": self.model.version}
+        """MONAI Label's :class:`Writer`, as :meth:`BasicInferTask.writer` runs it, but for:
 
+        * ``nibabel=True`` (its own option) for NIfTI: ITK would coerce the affine of a sheared
+          DICOM stack (gantry tilt) to an orthogonal one; ITK still writes the other formats
+          (OHIF's MONAI Label panel asks for an uncompressed uint8 ``.nrrd``);
+        * the file then moved into :func:`guards.results_folder`: the Writer names it in the
+          process's temp folder, which here is the uploads folder, and a result left there would
+          look like an upload (an infer input). Its random name exists there only while written.
 
-def _save_itk(label, affine, path: str, *, dtype: str, compress: bool) -> None:
-    """The label map in any format SimpleITK writes (NRRD, ...): same voxel order and geometry as
-    the NIfTI, voxels as ``dtype`` (OHIF reads the NRRD's bytes as uint8)."""
-    import SimpleITK as sitk
-
-    pixel = {"uint8": sitk.sitkUInt8, "uint16": sitk.sitkUInt16, "int16": sitk.sitkInt16,
-             "int32": sitk.sitkInt32, "float32": sitk.sitkFloat32}.get(str(dtype), sitk.sitkUInt8)
-    with tempfile.TemporaryDirectory() as tmp:
-        nifti = io.save_label(label, affine, f"{tmp}/label.nii.gz")
-        sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(nifti)), pixel), path, useCompression=compress)
+        The request's ``result_extension`` (default NIfTI) and ``result_dtype`` are checked first."""
+        data["result_extension"] = guards.result_suffix(extension or data.get("result_extension") or ".nii.gz")
+        dtype = dtype or data.get("result_dtype")
+        if dtype is not None and dtype not in RESULT_DTYPES:
+            raise HTTPException(status_code=400, detail=f"result_dtype {str(dtype)[:40]!r}: one of {RESULT_DTYPES}")
+        data["result_dtype"] = dtype
+        data["result_write_to_file"] = True  # the REST answer carries a file, never an array
+        written, result = Writer(label=self.output_label_key, json=self.output_json_key, nibabel=True)(data)
+        path = os.path.join(guards.results_folder(), os.path.basename(written))
+        os.replace(written, path)  # the results folder is inside the temp folder: a rename
+        return path, result
 
 
 def _colors() -> dict[str, tuple[int, int, int]]:
