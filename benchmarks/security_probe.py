@@ -834,8 +834,34 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell(row: dict | None) -> str:
+    """One run's outcome of a kind, for the before/after table: status, what broke, pass mark."""
+    if row is None:
+        return "not sent"
+    broken = [what for what, bad in (("server down", not (row["app_alive"] and row["triton_alive"])),
+                                     ("data changed", bool(row["changed"])),
+                                     ("pipeline broken", not row["intact"] and not row["changed"]),
+                                     (f"{row['temp_left']} temp left", row["temp_left"])) if bad]
+    status = "no answer" if row["status"] is None else str(row["status"])
+    detail = f" ({', '.join(broken)})" if broken else ""
+    return f"{status}{detail} {'✔' if row['passed'] else '✘'}"
+
+
+def compare_table(before: dict, after: dict) -> str:
+    """Markdown table of every kind of ``after`` with its outcome in ``before`` (docs/security.md)."""
+    old = {r["name"]: r for r in before["rows"]}
+    lines = ["| kind | item | request | before | after | after: reason |", "|---|---|---|---|---|---|"]
+    for r in after["rows"]:
+        reason = printable(r["reason"]).replace("|", "/")[:140]
+        lines.append(f"| {r['name']} | {r['issue_item']} | `{r['what'].replace('|', '/')}` | {_cell(old.get(r['name']))} | "
+                     f"{_cell(r)} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="print the before/after table of two result JSONs (docs/security.md) and exit")
     parser.add_argument("--weights", default=str(REPO / "weights" / "lite"), help="weights the app and Triton serve")
     parser.add_argument("--repository", help="an exported model repository of --weights to copy (default: export)")
     parser.add_argument("--work", help="probe folder (default: a new one under /tmp)")
@@ -855,6 +881,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="context recorded with the results")
     parser.add_argument("--out", default=str(RESULTS / "security_probe.json"), help="results JSON (and .md beside it)")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare_table(*(json.loads(Path(f).read_text()) for f in args.compare)), end="")
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import tempfile
 
