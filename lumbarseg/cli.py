@@ -111,7 +111,8 @@ def _evaluate_findings(args: argparse.Namespace) -> int:
 
     from lumbarseg.findings import evaluate_findings, print_findings
 
-    results = evaluate_findings(args.data, args.source, args.weights, reports=args.reports)
+    results = evaluate_findings(args.data, args.source, args.weights, reports=args.reports,
+                                all_subjects=args.all_subjects)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print_findings(results)
     print(f"wrote {args.out}")
@@ -219,13 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate-findings", help="herniation, hernia top point, stenosis and level naming against truth",
                        description="Findings (lumbarseg/measure.py) of every study of a data folder against its truth: "
                                    "phantom <subject>_truth.json (herniation per disc and per axial slice, top point, "
-                                   "height, stenosis) and the manifest's level names (level-naming accuracy).")
+                                   "height, stenosis), the manifest's level names (level-naming accuracy) and a "
+                                   "radiologist's gradings.csv beside the images (SPIDER: herniation per disc; with "
+                                   "--source model also the dural sac against the expert masks).")
     p.add_argument("--data", required=True, help="data folder with a manifest.csv")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--source", choices=("truth", "model"), default="truth",
                    help="findings from the ground-truth masks (default) or from the model's predictions")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help=f"weights folder for --source model (default {DEFAULT_WEIGHTS})")
     p.add_argument("--reports", help="also write each study's findings report JSON into this folder")
+    p.add_argument("--all-subjects", action="store_true",
+                   help="also score subjects used in training (sets of configs/data/split.json count their holdout "
+                        "subjects only by default)")
     p.set_defaults(run=_evaluate_findings)
 
     p = sub.add_parser("al-simulate", help="simulate active learning: holdout Dice against labelled studies per strategy",

@@ -8,7 +8,15 @@ compared with:
   point, height, direction) and stenosis (grade, dural sac area);
 * the label map's level names (``structures`` in the manifest; real sets and phantoms): each
   labelled disc or vertebra is matched to the reported instance nearest its centroid (within
-  :data:`MATCH_MM`) and scored correct when the names agree; no match counts as wrong.
+  :data:`MATCH_MM`) and scored correct when the names agree; no match counts as wrong;
+* ``gradings.csv`` beside the images (SPIDER, :mod:`lumbarseg.gradings`): a radiologist's
+  herniation per disc, matched by name and by order from the caudal end; with ``--source model``
+  also the expert masks' dural sac (SPIDER's spinal canal) per level, against the model's.
+
+Sets of ``configs/data/split.json`` count their holdout subjects only, as ``lumbarseg evaluate``
+does (``all_subjects`` for the rest, e.g. to choose thresholds on subjects that are not results).
+Expert masks whose vertebrae are whole (SPIDER) are split into body and posterior elements
+first (:func:`lumbarseg.gradings.expert_classes`).
 
 Matching rules. A truth disc is scored when its centre lies in the image; it is matched to the
 reported disc nearest its centre (within :data:`MATCH_MM`), so herniation statistics do not
@@ -27,8 +35,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lumbarseg import measure, tissues
+from lumbarseg import gradings, measure, tissues
 from lumbarseg.analysis import analyse
+from lumbarseg.evaluation import evaluated_entries
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Study, StudyError
 
@@ -132,8 +141,26 @@ def _top_errors(found: dict, hernia: dict, level: dict, study: Study) -> dict:
             "direction_correct": found["direction"] == hernia["direction"]}
 
 
+def _sac_errors(model: dict, truth: dict) -> list[dict]:
+    """Per truth level with a dural sac measurement: the model's measurement of the disc nearest
+    its centre (within :data:`MATCH_MM`), as absolute errors of AP diameter and area."""
+    rows = []
+    for level in truth["levels"]:
+        if not level["dural_sac"]:
+            continue
+        near = [m for m in model["levels"]
+                if np.linalg.norm(np.subtract(m["centre_mm"], level["centre_mm"])) <= MATCH_MM]
+        found = min(near, key=lambda m: np.linalg.norm(np.subtract(m["centre_mm"], level["centre_mm"])), default=None)
+        sac = found["dural_sac"] if found else None
+        rows.append({"level": level["level"], "ap_truth_mm": level["dural_sac"]["ap_diameter_mm"],
+                     "area_truth_mm2": level["dural_sac"]["area_mm2"],
+                     "ap_error_mm": None if not sac else round(abs(sac["ap_diameter_mm"] - level["dural_sac"]["ap_diameter_mm"]), 2),
+                     "area_error_mm2": None if not sac else round(abs(sac["area_mm2"] - level["dural_sac"]["area_mm2"]), 1)})
+    return rows
+
+
 def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Path | None = None,
-                      reports: str | Path | None = None) -> dict:
+                      reports: str | Path | None = None, *, all_subjects: bool = False) -> dict:
     """Findings of every study of ``data`` scored against its truth (see the module doc).
     ``reports``: a folder to also write each study's report JSON to."""
     if source not in ("truth", "model"):
@@ -148,15 +175,21 @@ def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Pa
     if reports is not None:
         Path(reports).mkdir(parents=True, exist_ok=True)
     config = measure.load_config()
+    graded: dict[Path, dict] = {}
     subjects = []
-    for entry in tqdm(manifest.read_manifest(data), desc="findings", unit="study"):
+    for entry in tqdm(evaluated_entries(data, all_subjects=all_subjects), desc="findings", unit="study"):
         study = manifest.load_entry(entry)
         if study.primary.label is None:
             continue
-        if segmenter is None:
-            report = measure.study_report(study, config=config)
-        else:  # what lumbarseg infer and the MONAI Label app report (a manifest study is one series)
-            report = analyse(study, segmenter.segment).report
+        if entry.image.parent not in graded:
+            graded[entry.image.parent] = gradings.load_gradings(entry.image.parent)
+        graded_discs = graded[entry.image.parent].get(entry.subject)
+        expert = None
+        if segmenter is None or graded_discs:
+            expert = measure.study_report(study, [None if s.label is None else gradings.expert_classes(s, study.structures)
+                                                  for s in study.series], config=config)
+        # what lumbarseg infer and the MONAI Label app report (a manifest study is one series)
+        report = expert if segmenter is None else analyse(study, segmenter.segment).report
         if reports is not None:
             (Path(reports) / f"{entry.set}_{entry.subject}.json").write_text(json.dumps(report, indent=1))
         row = {"set": entry.set, "subject": entry.subject, "status": report["status"], "problems": report["problems"],
@@ -164,6 +197,10 @@ def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Pa
         truth_file = entry.image.parent / f"{entry.subject}_truth.json"
         if truth_file.is_file():
             row["phantom"] = score_phantom(report, study, json.loads(truth_file.read_text()))
+        if graded_discs:
+            row["gradings"] = gradings.score_gradings(report, graded_discs)
+            if segmenter is not None:
+                row["dural_sac"] = _sac_errors(report, expert)
         subjects.append(row)
     return summarise(subjects, data, source, weights if source == "model" else None)
 
@@ -199,7 +236,34 @@ def summarise(subjects: list[dict], data, source: str, weights) -> dict:
                      "area_mae_mm2": round(float(np.mean([abs(x["area"] - x["area_truth"]) for x in measured])), 2) if measured else None,
                      "area_mape": round(float(np.mean([abs(x["area"] - x["area_truth"]) / x["area_truth"] for x in measured])), 4) if measured else None},
         "levels": {**level_stats(subjects), "per_set": {st: level_stats([s for s in subjects if s["set"] == st]) for st in sets}},
+        "radiologist": _graded_summary(subjects),
         "subjects": subjects,
+    }
+
+
+def _graded_summary(subjects: list[dict]) -> dict | None:
+    """Herniation against the radiologist's gradings (discs the report has, by name and by
+    order from the caudal end), level naming by order, and the dural sac against the expert
+    masks; None without graded studies."""
+    rows = [r for s in subjects for r in s.get("gradings", [])]
+    if not rows:
+        return None
+    sac = [r for s in subjects for r in s.get("dural_sac", [])]
+    found = [r for r in sac if r["ap_error_mm"] is not None]
+
+    def herniation(key: str) -> dict:
+        pairs = [(r["herniated"], r[key]) for r in rows if r[key] is not None]
+        return {**detection([t for t, _ in pairs], [p for _, p in pairs]), "discs_missing": len(rows) - len(pairs)}
+
+    ordered = [r for r in rows if r["name_at_order"] is not None]
+    return {
+        "studies": sum("gradings" in s for s in subjects), "discs": len(rows),
+        "herniation_by_order": herniation("by_order"), "herniation_by_name": herniation("by_name"),
+        "naming": {"correct": sum(r["name_at_order"] == r["level"] for r in ordered), "total": len(ordered)},
+        "dural_sac": None if not sac else {
+            "levels": len(sac), "measured": len(found),
+            "ap_mae_mm": round(float(np.mean([r["ap_error_mm"] for r in found])), 2) if found else None,
+            "area_mae_mm2": round(float(np.mean([r["area_error_mm2"] for r in found])), 1) if found else None},
     }
 
 
@@ -210,6 +274,8 @@ def print_findings(results: dict) -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)
     if results["phantoms"]:
         _print_phantom_tables(console, results)
+    if results["radiologist"]:
+        _print_graded_tables(console, results)
     t = Table("set", "levels named correctly", "accuracy", title="Level naming")
     for st, r in results["levels"]["per_set"].items():
         if r["total"]:
@@ -248,6 +314,26 @@ def _print_phantom_tables(console, results: dict) -> None:
     console.print(f"stenosis grade accuracy {_f(s['grade_accuracy'])} over {s['n']} levels; dural sac area MAE "
                   f"{_f(s['area_mae_mm2'])} mm² ({_f(s['area_mape'])} relative); hernia direction accuracy "
                   f"{_f(h['direction_accuracy'])}")
+
+
+def _print_graded_tables(console, results: dict) -> None:
+    from rich.table import Table
+
+    g = results["radiologist"]
+    t = Table("disc paired with the graded one", "sensitivity", "specificity", "precision", "TP", "TN", "FP", "FN",
+              "not found", title=f"Herniation against the radiologist: {g['discs']} discs of {g['studies']} studies, "
+                                 f"source: {results['source']}")
+    for name, key in (("by order from the caudal end", "herniation_by_order"), ("by level name", "herniation_by_name")):
+        r = g[key]
+        t.add_row(name, *(_f(r[k]) for k in ("sensitivity", "specificity", "precision")),
+                  *(str(r[k]) for k in ("tp", "tn", "fp", "fn", "discs_missing")))
+    console.print(t)
+    n = g["naming"]
+    console.print(f"level naming by order from the caudal end: {n['correct']}/{n['total']}")
+    if g["dural_sac"]:
+        d = g["dural_sac"]
+        console.print(f"dural sac against the expert masks: AP diameter MAE {_f(d['ap_mae_mm'])} mm, area MAE "
+                      f"{_f(d['area_mae_mm2'])} mm² ({d['measured']} of {d['levels']} levels measured by both)")
 
 
 def _f(x) -> str:

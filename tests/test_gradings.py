@@ -59,3 +59,15 @@ def test_the_expert_masks_of_the_sample_patient_agree_with_its_radiologist():
     assert [r["name_at_order"] for r in rows] == [r["level"] for r in rows]
     assert [r["herniated"] for r in rows] == [r["by_name"] for r in rows] == [r["by_order"] for r in rows]
     assert [r["level"] for r in rows if r["herniated"]] == ["L4-L5"]
+
+
+@pytest.mark.slow
+def test_evaluate_findings_scores_the_expert_masks_against_the_radiologist(tmp_path):
+    from lumbarseg.findings import evaluate_findings
+
+    results = evaluate_findings(SAMPLES, "truth")  # patient 57 is a holdout subject: it counts
+    g = results["radiologist"]
+    assert (g["studies"], g["discs"]) == (1, 7)
+    assert {k: g["herniation_by_order"][k] for k in ("tp", "tn", "fp", "fn")} == {"tp": 1, "tn": 6, "fp": 0, "fn": 0}
+    assert g["naming"] == {"correct": 7, "total": 7}
+    assert results["subjects"][0]["status"] == "ok"
