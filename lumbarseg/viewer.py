@@ -11,7 +11,9 @@ network listener, no authentication, DICOMweb at ``/dicom-web``); the launcher w
 this run's port, storage folder and plugin path next to the storage.
 
 MONAI Label reads Orthanc as a DICOMweb datastore: every MR series is an image (its id is the
-SeriesInstanceUID), converted to NIfTI on first use and cached; a label saved with tag ``final``
+SeriesInstanceUID), downloaded on first use and cached (with a NIfTI conversion); the app's infer
+reads the cached DICOM series and stores its DICOM-SEG and findings SR back into Orthanc; a label
+saved with tag ``final``
 is converted to DICOM-SEG (dcmqi's ``itkimage2segimage``, installed with the venv) and stored back
 into Orthanc by STOW-RS. OHIF is served by MONAI Label itself and reads DICOM through the server's
 ``/proxy/dicom`` routes, so the browser talks to one origin. OHIF's MONAI Label panel takes the
@@ -287,6 +289,8 @@ class MonaiLabel:
                "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS]))}
         if self.studies.startswith(("http://", "https://")):
             cache = self.cache or (self.log.parent if self.log else self.app) / "dicomweb-cache"
+            # NIfTI conversion on: MONAI Label registers a DICOMweb image locally only then, and
+            # saving a label needs it. The app's infer reads the cached DICOM series itself.
             env.update(MONAI_LABEL_DICOMWEB_SEARCH_FILTER=json.dumps({"Modality": "MR"}),
                        MONAI_LABEL_DICOMWEB_CACHE_PATH=str(cache),
                        MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI="true")
@@ -345,7 +349,10 @@ def nifti_as_dicom(path: str | Path, out: str | Path) -> Path:
     from lumbarseg.io.dicom import write_dicom_study
 
     name = Path(path).name.removesuffix(".gz").removesuffix(".nii")
-    return write_dicom_study(load_study(path), Path(out) / name, patient_id=name)
+    study = load_study(path)
+    for series in study.series:
+        series.description = name  # the series' name in the viewer (with its contrast), not the file's
+    return write_dicom_study(study, Path(out) / name, patient_id=name)
 
 
 def _upload_sources(args: argparse.Namespace, orthanc: Orthanc) -> list[str]:

@@ -1,8 +1,10 @@
 """The viewer end to end, for real: Orthanc (Debian packages, configs/orthanc.json) holding a phantom
-study in the clinical DICOM layout; the MONAI Label app reading it through DICOMweb; OHIF
-(``/ohif/monai-label``, bundled with MONAI Label) in headless Chromium running ``lumbar_spine``
-auto-segmentation and storing the result as DICOM-SEG into Orthanc; and the REST contract 3D
-Slicer's MONAI Label module uses, on the same DICOMweb datastore, through ``monailabel.client``.
+study in the clinical DICOM layout and the real sample patient (samples/spider_57, written as
+DICOM); the MONAI Label app reading them through DICOMweb; OHIF (``/ohif/monai-label``, bundled
+with MONAI Label) in headless Chromium running ``lumbar_spine`` auto-segmentation on the real
+study, the app storing the SEG and the findings SR beside it, OHIF listing the SR, and OHIF's own
+DICOM-SEG export; and the REST contract 3D Slicer's MONAI Label module uses, on the same DICOMweb
+datastore, through ``monailabel.client``.
 
 Untrained lite networks (or ``weights/lite`` when present): the segments are junk, the plumbing
 is not. ``LUMBARSEG_UPDATE_DOCS=1`` also writes the screenshot to ``docs/ohif_lumbar_spine.png``.
@@ -21,6 +23,7 @@ import pydicom
 import pytest
 
 from lumbarseg import tissues, viewer
+from lumbarseg.io.sr import read_findings_sr
 
 from conftest import REPO, free_port, untrained_weights
 from servers import Server, require_viewer_packages
@@ -49,19 +52,22 @@ SEGMENTS_JS = """() => {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Orthanc with one phantom study, and the app reading it through DICOMweb."""
+    """Orthanc with one phantom study and the real sample patient, and the app reading them
+    through DICOMweb."""
     require_viewer_packages()
     root = tmp_path_factory.mktemp("viewer")
     (folder,) = viewer.write_phantom_dicom(root / "dicom", 1, seed=5)
+    real = viewer.nifti_as_dicom(REPO / "samples" / "spider_57" / "57_t2.nii.gz", root / "dicom")
     orthanc = viewer.Orthanc(root / "orthanc", port=free_port())
     server = None
     try:
         orthanc.start()
-        (study_uid,) = orthanc.upload(folder)
+        study_uid, real_uid = orthanc.upload(folder, real)
         shipped = REPO / "weights" / "lite"
         weights = shipped if (shipped / "model.json").is_file() else untrained_weights(root / "weights", spacing=4.0)
         server = Server(root / "app", orthanc.dicomweb, {}, weights)
-        yield {"orthanc": orthanc, "server": server, "study": study_uid, "folder": folder, "root": root}
+        yield {"orthanc": orthanc, "server": server, "study": study_uid, "folder": folder, "root": root,
+               "real": real_uid, "real_folder": real}
     finally:
         if server is not None:
             server.stop()
@@ -69,7 +75,9 @@ def stack(tmp_path_factory):
 
 
 def _sagittal_series_uid(folder: Path) -> str:
-    (sag,) = [d for d in folder.iterdir() if d.is_dir() and "_sag_" in d.name]
+    """The sagittal series of a study folder (a phantom's ``*_sag_*``; the sample's only series)."""
+    series = [d for d in folder.iterdir() if d.is_dir()]
+    (sag,) = [d for d in series if "_sag_" in d.name] if len(series) > 1 else series
     return str(pydicom.dcmread(next(sag.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
 
 
@@ -81,18 +89,14 @@ def _nrrd(body: bytes) -> tuple[dict[str, str], np.ndarray]:
     return fields, np.frombuffer(data, np.uint8)
 
 
-def _seg_series(orthanc: viewer.Orthanc, study_uid: str) -> list[dict]:
-    return [s for s in orthanc.series("SEG") if s["0020000D"]["Value"][0] == study_uid]
-
-
-def _seg_datasets(orthanc: viewer.Orthanc, study_uid: str) -> dict[str, pydicom.Dataset]:
-    """Every SEG instance of the study as stored in Orthanc, by SeriesInstanceUID (Orthanc REST)."""
+def _seg_datasets(orthanc: viewer.Orthanc, study_uid: str, modality: str = "SEG") -> dict[str, pydicom.Dataset]:
+    """Every SEG (or SR) instance of the study as stored in Orthanc, by SeriesInstanceUID (Orthanc REST)."""
     import urllib.request
 
     out = {}
     for series in orthanc.get("/series?expand"):
         tags = series["MainDicomTags"]
-        if tags.get("Modality") != "SEG" or series["ParentStudy"] not in {
+        if tags.get("Modality") != modality or series["ParentStudy"] not in {
                 s["ID"] for s in orthanc.get("/studies?expand") if s["MainDicomTags"]["StudyInstanceUID"] == study_uid}:
             continue
         instance = series["Instances"][0]
@@ -112,8 +116,8 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
         if os.environ.get("CI"):
             pytest.fail("CI needs playwright (the test extras) for the browser test")
         pytest.skip("playwright not installed (pip install playwright)")
-    orthanc, server, study_uid = stack["orthanc"], stack["server"], stack["study"]
-    sagittal = _sagittal_series_uid(stack["folder"])
+    orthanc, server, study_uid = stack["orthanc"], stack["server"], stack["real"]  # the real patient
+    sagittal = _sagittal_series_uid(stack["real_folder"])
     segs_before = set(_seg_datasets(orthanc, study_uid))
     url = f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study_uid}"
     console: list[str] = []
@@ -173,6 +177,17 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
             if os.environ.get("LUMBARSEG_UPDATE_DOCS"):
                 _save_docs_screenshot(shot)
 
+            # the app stored its SEG and the findings SR beside the study: OHIF lists the SR
+            auto_segs = {uid: ds for uid, ds in _seg_datasets(orthanc, study_uid).items() if uid not in segs_before}
+            (auto_seg,) = auto_segs.values()
+            (sr,) = _seg_datasets(orthanc, study_uid, "SR").values()
+            sr_file = tmp_path / "findings_sr.dcm"
+            sr.save_as(str(sr_file))
+            levels = read_findings_sr(sr_file)["levels"]
+            assert levels and {lv["segment"]["sop_instance_uid"] for lv in levels} == {str(auto_seg.SOPInstanceUID)}
+            assert {lv["level"] for lv in levels} <= {str(x.SegmentLabel) for x in auto_seg.SegmentSequence}
+            segs_before = set(_seg_datasets(orthanc, study_uid))  # OHIF's own export next
+
             # store: OHIF's "Export DICOM SEG" command (the monai-label mode's layout has no
             # segmentation panel to click it in), its "Create Report" dialog, STOW-RS through the
             # server's /proxy/dicom to Orthanc
@@ -186,6 +201,13 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
                                       timeout=60_000) as stow:
                 page.get_by_role("button", name="Save").click()
             assert stow.value.status == 200, stow.value.text()[:500]
+
+            # reopened, the study browser lists the app's SR beside the SEGs; OHIF's SR view does
+            # not display it (a warning: it draws planar TID 1410/1501 groups, not TID 1411)
+            page.goto(url)
+            page.wait_for_selector(".cornerstone-canvas", timeout=180_000)
+            page.get_by_text("lumbarseg findings").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "ohif_sr_listed.png"))
         except Exception:
             (tmp_path / "console.log").write_text("\n".join(console))
             page.screenshot(path=str(tmp_path / "failure.png"))
@@ -237,7 +259,21 @@ def test_slicer_rest_contract_on_the_dicomweb_datastore(stack, tmp_path):
     assert set(client.datastore()["objects"]) <= series  # ids are SeriesInstanceUIDs (those fetched so far)
     assert client.next_sample("random", {})["id"] in series
 
+    completed = server.get("/datastore/?output=stats")[1]["completed"]
     label_file, params = client.infer("lumbar_spine", sagittal, {})
+    # the app stored its SEG and the findings SR in Orthanc; the SR reads back as the JSON report
+    stored = params["dicom"]
+    srs = _seg_datasets(orthanc, study_uid, "SR")
+    assert stored["sr_series_uid"] in srs and stored["seg_series_uid"] in _seg_datasets(orthanc, study_uid)
+    srs[stored["sr_series_uid"]].save_as(str(tmp_path / "sr.dcm"))
+    back = {lv["level"]: lv for lv in read_findings_sr(tmp_path / "sr.dcm")["levels"]}
+    named = {lv["level"]: lv for lv in params["report"]["levels"] if lv["level"]}
+    assert set(back) == set(named)
+    for name, level in named.items():
+        assert back[name]["herniation"]["present"] == level["herniation"]["present"]
+        assert back[name]["disc_volume_mm3"] == pytest.approx(level["disc_volume_mm3"])
+        assert (back[name]["dural_sac"] is None) == (level["dural_sac"] is None)
+    assert server.get("/datastore/?output=stats")[1]["completed"] == completed  # a model's SEG is not a label
     reader = sitk.ImageSeriesReader()
     sag_dir = next(d for d in stack["folder"].iterdir() if "_sag_" in d.name)
     image = sitk.ReadImage(reader.GetGDCMSeriesFileNames(str(sag_dir)))

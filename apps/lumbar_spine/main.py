@@ -18,6 +18,7 @@ from pathlib import Path
 
 import monailabel
 from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 
 from lumbarseg import planes
@@ -25,7 +26,7 @@ from lumbarseg.triton.client import DEFAULT_URL
 
 from lib.backend import ServedModel
 from lib.configs.lumbar_spine import LumbarSpineConfig, PlaneConfig
-from lib import guards
+from lib import findings_store, guards
 from lib.activelearning.fair_random import Random
 from lib.datastore import CheckedLocalDatastore
 from lib.serving import serve
@@ -73,7 +74,9 @@ class LumbarSpineApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()  # DICOMweb: labels become DICOM-SEG through dcmqi
+            datastore = super().init_datastore()  # DICOMweb: labels become DICOM-SEG through dcmqi
+            datastore.__class__ = findings_store.reviewed_labels_only(type(datastore))
+            return datastore
         return CheckedLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
                                      auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
                                      read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
@@ -97,11 +100,18 @@ class LumbarSpineApp(MONAILabelApp):
         datastore = datastore or self.datastore()
         request = dict(request)
         claimed = guards.infer_input(request, datastore, self.uploads, self.sessions(), self._infers)
+        # a study of the PACS is read as DICOM and gets its SEG and findings SR stored beside it
+        request["store_dicom"] = isinstance(datastore, DICOMWebDatastore) and "session" not in request
+        if request["store_dicom"]:
+            request["image"] = findings_store.dicom_series(datastore, request["image"])
         try:
-            return super().infer(request, datastore)
+            result = super().infer(request, datastore)
         except BaseException:
             self.uploads.discard(*claimed)  # MONAI Label deletes uploads only after a success
             raise
+        if request["store_dicom"]:
+            findings_store.store_findings(result, datastore)
+        return result
 
     def next_sample(self, request):
         guards.known(request.get("strategy") or "random", self._strategies, "strategy")

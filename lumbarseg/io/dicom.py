@@ -242,6 +242,9 @@ def write_dicom_study(study: Study, out_dir: str | Path, *, patient_id: str | No
 # SNOMED CT where pydicom's code dictionary has the concept; otherwise a private coding scheme
 # (DICOM allows "99"-prefixed designators) naming the schema's structure.
 PRIVATE_SCHEME = "99LUMBARSEG"
+# The SeriesDescription of every DICOM-SEG lumbarseg writes: a model's answer, not a reviewed label
+# (the app's DICOMweb datastore does not count these as labels).
+SEG_DESCRIPTION = "lumbarseg segmentation"
 _SCT = {"sacrum": ("54735007", "Sacrum"), "vertebral_body": ("51282000", "Vertebra"),
         "dural_sac": ("65216001", "Cerebrospinal Fluid")}
 
@@ -299,7 +302,7 @@ def write_dicom_seg(label: np.ndarray, structures: dict[int, str], source: Serie
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=900,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="lumbarseg",
         manufacturer_model_name="lumbarseg", software_versions=__version__, device_serial_number="0",
-        series_description="lumbarseg segmentation")
+        series_description=SEG_DESCRIPTION)
     seg.save_as(str(out_path))
     return out_path
 

@@ -8,8 +8,9 @@ says what each step reads and writes):
 * the inferer: :class:`AnalyseStudyd`, :func:`lumbarseg.analysis.analyse` on the served model
   (in process or Triton): the study label map (values of :data:`lumbarseg.tissues.STUDY_LABELS`,
   which is also the task's label list) and the findings report;
-* post-transforms: the label map's affine where MONAI Label's Writer reads it, and the report
-  and model version into the result JSON;
+* post-transforms: the label map's affine where MONAI Label's Writer reads it, the report and
+  model version into the result JSON, and for a DICOMweb study the DICOM-SEG and SR files the
+  app stores beside it (``lib.findings_store``);
 * the writer: MONAI Label's :class:`Writer` (see :meth:`SegmentLumbarSpine.writer`).
 
 Errors reach the client as HTTP errors with a reason, mapped in :meth:`SegmentLumbarSpine.__call__`
@@ -36,7 +37,8 @@ from lumbarseg.triton.server import TritonError
 
 from lib import guards
 from lib.backend import ServedModel
-from lib.transforms.transforms import ANALYSIS, STUDY, AnalyseStudyd, LabelGeometryd, LoadStudyd, ReportResultd
+from lib.transforms.transforms import (ANALYSIS, STUDY, AnalyseStudyd, DicomFindingsd, LabelGeometryd, LoadStudyd,
+                                       ReportResultd)
 
 log = logging.getLogger(__name__)
 LABELS = list(tissues.STUDY_LABELS.values())  # value i + 1 is LABELS[i]
@@ -85,7 +87,8 @@ class SegmentLumbarSpine(BasicInferTask):
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [LabelGeometryd(self.output_label_key),
-                ReportResultd(ANALYSIS, model_version=self.model.version, result=self.output_json_key)]
+                ReportResultd(ANALYSIS, model_version=self.model.version, result=self.output_json_key),
+                DicomFindingsd(self.output_label_key, folder=guards.results_folder, result=self.output_json_key)]
 
     def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
         """MONAI Label's :class:`Writer`, as :meth:`BasicInferTask.writer` runs it, but for:

@@ -5,6 +5,7 @@
     inferer  AnalyseStudyd   study -> pred (the label map), analysis
     post     LabelGeometryd  analysis's affine -> pred_meta_dict["affine"]
     post     ReportResultd   analysis's report, the model version -> result
+    post     DicomFindingsd  with store_dicom: pred, study, report -> DICOM-SEG and SR files, result["dicom"]
 
 MONAI Label's :class:`~monailabel.transform.writer.Writer` then saves ``pred`` with the affine
 of ``pred_meta_dict`` and returns ``result`` as the result JSON. Bad input raises
@@ -14,15 +15,16 @@ errors into HTTP answers.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Hashable, Mapping
 
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import PostFix
 
-from lumbarseg import io
+from lumbarseg import io, tissues
 from lumbarseg.analysis import Analysis, analyse
-from lumbarseg.io.study import Series
+from lumbarseg.io.study import Series, StudyError
 from lumbarseg.pipeline import Segmentation
 
 STUDY = "study"  # lumbarseg.io.study.Study
@@ -93,4 +95,39 @@ class ReportResultd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[self.result] = {**d.get(self.result, {}), "report": d[key].report, "model_version": self.model_version}
+        return d
+
+
+class DicomFindingsd(MapTransform):
+    """When ``data["store_dicom"]`` (the app sets it for a study of a DICOMweb datastore):
+    ``data[key]``, the label map, as a DICOM-SEG of the study's primary series and the findings
+    report as a DICOM SR referencing it (:mod:`lumbarseg.io.sr`), written into ``folder()``;
+    ``data[result]["dicom"]`` holds their paths for the app to store beside the study, or the
+    reason there are none (a study not read from DICOM, a report that names no level)."""
+
+    def __init__(self, keys: KeysCollection, *, folder: Callable[[], str], result: str = "result"):
+        super().__init__(keys)
+        self.folder = folder
+        self.result = result
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if not d.get("store_dicom"):
+            return d
+        import pydicom
+
+        from lumbarseg.io.dicom import write_dicom_seg
+        from lumbarseg.io.sr import write_findings_sr
+
+        primary: Series = d[STUDY].primary
+        for key in self.key_iterator(d):
+            stem = Path(self.folder()) / f"{primary.meta.get('series_uids', ['study'])[0]}"
+            try:
+                seg = write_dicom_seg(d[key], tissues.STUDY_LABELS, primary, f"{stem}_seg.dcm")
+                sr = write_findings_sr(d[ANALYSIS].report, [primary], pydicom.dcmread(seg, stop_before_pixels=True),
+                                       f"{stem}_sr.dcm")
+                dicom = {"seg": str(seg), "sr": str(sr)}
+            except StudyError as err:
+                dicom = {"error": err.reason}
+            d[self.result] = {**d.get(self.result, {}), "dicom": dicom}
         return d
