@@ -43,6 +43,7 @@ from lumbarseg.io.study import Study, StudyError
 
 SCHEMA = "lumbarseg.findings-evaluation/1"
 MATCH_MM = 12.0  # well under half the spacing of neighbouring discs (~35 mm) or bodies
+PER_LEVEL_STUDIES = 3  # up to this many studies (the demo's samples), each level is printed against its truth
 NAMED = (*tissues.DISC_LEVELS, *tissues.VERTEBRAE[:-1])  # S1 is part of the sacrum
 
 
@@ -276,13 +277,16 @@ def print_findings(results: dict) -> None:
         _print_phantom_tables(console, results)
     if results["radiologist"]:
         _print_graded_tables(console, results)
-    t = Table("set", "levels named correctly", "accuracy", title="Level naming")
-    for st, r in results["levels"]["per_set"].items():
-        if r["total"]:
-            t.add_row(st, f"{r['correct']}/{r['total']}", _f(r["accuracy"]))
+    if len(results["subjects"]) <= PER_LEVEL_STUDIES:
+        _print_per_level(console, results)
     lv = results["levels"]
-    t.add_row("all", f"{lv['correct']}/{lv['total']}", _f(lv["accuracy"]))
-    console.print(t)
+    if lv["total"]:  # studies whose labels name their levels
+        t = Table("set", "levels named correctly", "accuracy", title="Level naming")
+        for st, r in lv["per_set"].items():
+            if r["total"]:
+                t.add_row(st, f"{r['correct']}/{r['total']}", _f(r["accuracy"]))
+        t.add_row("all", f"{lv['correct']}/{lv['total']}", _f(lv["accuracy"]))
+        console.print(t)
     counts: dict[str, int] = {}
     for s in results["subjects"]:
         if s["status"] != "ok":
@@ -334,6 +338,38 @@ def _print_graded_tables(console, results: dict) -> None:
         d = g["dural_sac"]
         console.print(f"dural sac against the expert masks: AP diameter MAE {_f(d['ap_mae_mm'])} mm, area MAE "
                       f"{_f(d['area_mae_mm2'])} mm² ({d['measured']} of {d['levels']} levels measured by both)")
+
+
+def _print_per_level(console, results: dict) -> None:
+    """Per study, each disc's findings beside its truth (a phantom's, or the radiologist's
+    gradings) and whether they agree: how far to trust the findings of a study like it."""
+    from rich.table import Table
+
+    def yes(x) -> str:
+        return "-" if x is None else "yes" if x else "no"
+
+    for s in results["subjects"]:
+        rows = []
+        if "phantom" in s:
+            grades = {x["level"]: x for x in s["phantom"]["stenosis"]}
+            for d in s["phantom"]["discs"]:
+                g = grades.get(d["level"], {})
+                found = yes(d["predicted"]) if d["matched"] else "no disc found"
+                pairs = [(d["truth"], d["predicted"] if d["matched"] else None), (g.get("truth"), g.get("predicted"))]
+                rows.append((d["level"], yes(d["truth"]), found, g.get("truth") or "-", g.get("predicted") or "-", pairs))
+        for r in s.get("gradings", []):
+            found = "no disc found" if r["by_order"] is None else yes(r["by_order"])
+            rows.append((r["level"], yes(r["herniated"]), found, "-", "-", [(r["herniated"], r["by_order"])]))
+        if not rows:
+            continue
+        truth = "the phantom's truth" if "phantom" in s else "the radiologist's gradings"
+        t = Table("level", "herniated (truth)", "herniated (found)", "stenosis (truth)", "stenosis (found)", "agree",
+                  title=f"{s['set']} {s['subject']}: each level against {truth} (source: {results['source']})")
+        for level, *cells, pairs in rows:
+            compared = [a == b for a, b in pairs if a is not None]
+            agree = "-" if not compared else "agree" if all(compared) else "[red]disagree[/red]"
+            t.add_row(level, *cells, agree)
+        console.print(t)
 
 
 def _f(x) -> str:

@@ -2,7 +2,8 @@
 # The main job on an embedded default: set up, write sample lumbar spine studies (phantoms),
 # export the shipped weights to the Triton repository, start Triton (CPU configs) on loopback,
 # segment the real sample study (samples/spider_57, one SPIDER patient, CC BY 4.0) through Triton
-# and print its findings, then serve the MONAI Label app on Triton for OHIF (the real study and
+# and print its findings, print every sample study's findings level by level against its truth
+# (agree / disagree), then serve the MONAI Label app on Triton for OHIF (the real study and
 # two phantoms in Orthanc over DICOMweb) and 3D Slicer until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,11 @@ $bin/lumbarseg triton health
 sample=samples/spider_57/57_t2.nii.gz
 $bin/lumbarseg infer "$sample" --backend triton --out "$out/demo_label.nii.gz" --report "$out/demo_report.json"
 $bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"])' "$out/demo_report.json"
+# How far to trust these findings: each level of every sample study against its truth (the
+# radiologist's gradings of the real patient, the phantoms' known herniations and stenoses),
+# from the same networks in process.
+$bin/lumbarseg evaluate-findings --data samples --source model --out "$out/findings_real_sample.json"
+$bin/lumbarseg evaluate-findings --data "$out" --source model --out "$out/findings_phantoms.json"
 
 conf=(--conf backend triton --conf triton_url grpc://127.0.0.1:8011 --conf triton_repository "$PWD/model_repository")
 if command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; then

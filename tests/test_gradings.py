@@ -62,8 +62,8 @@ def test_the_expert_masks_of_the_sample_patient_agree_with_its_radiologist():
 
 
 @pytest.mark.slow
-def test_evaluate_findings_scores_the_expert_masks_against_the_radiologist(tmp_path):
-    from lumbarseg.findings import evaluate_findings
+def test_evaluate_findings_scores_the_expert_masks_against_the_radiologist(capsys):
+    from lumbarseg.findings import evaluate_findings, print_findings
 
     results = evaluate_findings(SAMPLES, "truth")  # patient 57 is a holdout subject: it counts
     g = results["radiologist"]
@@ -71,3 +71,8 @@ def test_evaluate_findings_scores_the_expert_masks_against_the_radiologist(tmp_p
     assert {k: g["herniation_by_order"][k] for k in ("tp", "tn", "fp", "fn")} == {"tp": 1, "tn": 6, "fp": 0, "fn": 0}
     assert g["naming"] == {"correct": 7, "total": 7}
     assert results["subjects"][0]["status"] == "ok"
+    print_findings(results)  # one study: each level against the radiologist, as the demo shows it
+    table = capsys.readouterr().out
+    assert "spider_t2_space 57: each level against the radiologist's gradings" in table
+    assert [line.split()[1] for line in table.splitlines() if line.startswith("│ L")][:2] == ["L5-S1", "L4-L5"]
+    assert "disagree" not in table and table.count("│ agree │") == 7
