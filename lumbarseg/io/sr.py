@@ -176,6 +176,19 @@ def write_findings_sr(report: dict, series: Sequence[Series], seg: Dataset, out_
     return out_path
 
 
+def write_findings_dicom(label: np.ndarray, report: dict, source: Series, seg_path: str | Path,
+                         sr_path: str | Path | None = None) -> tuple[Path, Path | None]:
+    """The study label map as a DICOM-SEG on ``source`` and, given ``sr_path``, the findings
+    report as an SR referencing that SEG: what one analysis of ``source`` (the report's series 0)
+    gives a PACS. Returns the paths written."""
+    from lumbarseg.io.dicom import write_dicom_seg
+
+    seg = write_dicom_seg(label, tissues.STUDY_LABELS, source, seg_path)
+    if sr_path is None:
+        return seg, None
+    return seg, write_findings_sr(report, [source], pydicom.dcmread(seg, stop_before_pixels=True), sr_path)
+
+
 # --- reading back ---------------------------------------------------------------------------
 
 def _number(group: Group, name: hd.sr.CodedConcept) -> float | None:

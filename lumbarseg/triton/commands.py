@@ -133,20 +133,6 @@ def _dicom_source(path: str, study: Study) -> Series:
     return study.primary
 
 
-def _write_dicom(result: Analysis, source: Series, seg_path: Path, sr_path: Path | None) -> None:
-    """The label map as a DICOM-SEG on ``source`` and, given ``sr_path``, the report as an SR
-    referencing that SEG (the report measured ``source`` alone: its series 0)."""
-    import pydicom
-
-    from lumbarseg import tissues
-    from lumbarseg.io.dicom import write_dicom_seg
-    from lumbarseg.io.sr import write_findings_sr
-
-    write_dicom_seg(result.label, tissues.STUDY_LABELS, source, seg_path)
-    if sr_path is not None:
-        write_findings_sr(result.report, [source], pydicom.dcmread(seg_path, stop_before_pixels=True), sr_path)
-
-
 def _analyser(args: argparse.Namespace) -> Callable[[Study], Analysis]:
     """:func:`lumbarseg.analysis.analyse` on the chosen backend's networks. Called once the first
     study has loaded and passed its checks, so that bad input is refused before PyTorch or a
@@ -188,7 +174,9 @@ def _infer(args: argparse.Namespace) -> int:
             if report is not None:
                 report.write_text(json.dumps(result.report, indent=1))
             if seg is not None:
-                _write_dicom(result, source, seg, sr)
+                from lumbarseg.io.sr import write_findings_dicom
+
+                write_findings_dicom(result.label, result.report, source, seg, sr)
             naming = result.report["naming"] or {}
             named = [lv["level"] for lv in result.report["levels"] if lv["level"]]
             print(f"{path} -> {target}  discs {', '.join(named) or 'none'} (anchor {naming.get('anchor')}, "

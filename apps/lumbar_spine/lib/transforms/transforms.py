@@ -22,7 +22,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import PostFix
 
-from lumbarseg import io, tissues
+from lumbarseg import io
 from lumbarseg.analysis import Analysis, analyse
 from lumbarseg.io.study import Series, StudyError
 from lumbarseg.pipeline import Segmentation
@@ -114,20 +114,16 @@ class DicomFindingsd(MapTransform):
         d = dict(data)
         if not d.get("store_dicom"):
             return d
-        import pydicom
-
-        from lumbarseg.io.dicom import write_dicom_seg
-        from lumbarseg.io.sr import write_findings_sr
+        from lumbarseg.io.sr import write_findings_dicom
 
         primary: Series = d[STUDY].primary
         for key in self.key_iterator(d):
             stem = Path(self.folder()) / f"{primary.meta.get('series_uids', ['study'])[0]}"
             try:
-                seg = write_dicom_seg(d[key], tissues.STUDY_LABELS, primary, f"{stem}_seg.dcm")
-                sr = write_findings_sr(d[ANALYSIS].report, [primary], pydicom.dcmread(seg, stop_before_pixels=True),
-                                       f"{stem}_sr.dcm")
+                seg, sr = write_findings_dicom(d[key], d[ANALYSIS].report, primary, f"{stem}_seg.dcm", f"{stem}_sr.dcm")
                 dicom = {"seg": str(seg), "sr": str(sr)}
             except StudyError as err:
+                Path(f"{stem}_seg.dcm").unlink(missing_ok=True)  # a SEG whose SR failed is not stored either
                 dicom = {"error": err.reason}
             d[self.result] = {**d.get(self.result, {}), "dicom": dicom}
         return d
