@@ -119,7 +119,7 @@ class TritonSegmenter:
 
     def _index(self) -> list[dict]:
         index = self._call("repository index", self._client.get_model_repository_index, as_json=True, **self._admin)
-        return index.get("models", []) if isinstance(index, dict) else index
+        return index.get("models", [])
 
     def health(self) -> dict:
         """``{"url", "live", "ready", "models": {name: state}}``; :class:`TritonError` when the
