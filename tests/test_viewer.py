@@ -202,8 +202,8 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
                 page.get_by_role("button", name="Save").click()
             assert stow.value.status == 200, stow.value.text()[:500]
 
-            # reopened, the study browser lists the app's SR beside the SEGs; OHIF's SR view does
-            # not display it (a warning: it draws planar TID 1410/1501 groups, not TID 1411)
+            # reopened, the study browser lists the app's SR beside the SEGs (OHIF's monai-label
+            # mode opens no SR viewport for it: docs/findings.md)
             page.goto(url)
             page.wait_for_selector(".cornerstone-canvas", timeout=180_000)
             page.get_by_text("lumbarseg findings").first.wait_for(timeout=60_000)

@@ -5,7 +5,10 @@ Why: a PACS and its viewers store, route and show DICOM, not the report's JSON. 
 DICOM-SEG puts the findings in the study itself, each level tied to its disc segment and to the
 source images it was measured on.
 
-Content (one TID 1411 Volumetric ROI measurement group per named disc level):
+Content (one TID 1411 Volumetric ROI measurement group per named disc level, plus a TID 1410
+planar group with the same tracking identifier whose image region is the disc centre: OHIF's SR
+handler merges groups by tracking UID and draws only groups with an image region at their top
+level; an image library of the slices referenced, which that handler reads too):
 
 * tracking identifier: the level name ("L4-L5"); finding site: SNOMED CT's "Level of L4/L5
   intervertebral disc"; ROI: the disc's segment of the DICOM-SEG of the same run, on the source
@@ -126,8 +129,21 @@ def _herniation(h: dict, images: _SourceImages) -> tuple[list, list]:
     return [height], evaluations
 
 
-def _level_group(level: dict, seg: Dataset, segment: int, images: _SourceImages) -> Group:
-    """One level's measurement group, its ROI the level's disc segment of ``seg``."""
+def _disc_centre(level: dict, series: Series, index: int, images: _SourceImages) -> hd.sr.ImageRegion | None:
+    """The disc centre as a point on the source slice through it: where a viewer that draws
+    planar regions (OHIF) shows the level's findings. None when the centre is outside the series."""
+    i, j, k = np.rint(series.voxel(np.array(level["centre_mm"]))).astype(int)
+    if not all(0 <= v < n for v, n in zip((i, j, k), series.shape)):
+        return None
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=np.array([[i + 0.5, j + 0.5]]),
+                             source_image=hd.sr.SourceImageForRegion.from_source_image(images(index, int(k))))
+
+
+def _level_groups(level: dict, seg: Dataset, segment: int, images: _SourceImages, naming: int) -> list:
+    """One level's measurement group, its ROI the level's disc segment of ``seg``, and a planar
+    group with the same tracking identifier whose region is the disc centre on the series the
+    levels were named on (``naming``): viewers merge groups by tracking UID, and OHIF draws only
+    groups with an image region."""
     measurements = [hd.sr.Measurement(codes.SCT.Volume, level["disc_volume_mm3"], MM3)]
     evaluations = []
     if level["dural_sac"]:
@@ -135,13 +151,19 @@ def _level_group(level: dict, seg: Dataset, segment: int, images: _SourceImages)
         evaluations.append(hd.sr.QualitativeEvaluation(STENOSIS, _coded(level["stenosis"])))
     hernia_measurements, hernia_evaluations = _herniation(level["herniation"], images)
     source_series = hd.sr.SourceSeriesForSegmentation(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
-    return Group(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=level["level"]),
+    tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=level["level"])
+    site = [hd.sr.FindingSite(LEVEL_SITES[level["level"]])]
+    groups = [Group(
+        tracking_identifier=tracking,
         referenced_segment=hd.sr.ReferencedSegment(seg.SOPClassUID, seg.SOPInstanceUID, segment,
                                                    source_series=source_series),
-        finding_sites=[hd.sr.FindingSite(LEVEL_SITES[level["level"]])],
-        algorithm_id=hd.sr.AlgorithmIdentification(name="lumbarseg", version=__version__),
-        measurements=measurements + hernia_measurements, qualitative_evaluations=evaluations + hernia_evaluations)
+        finding_sites=site, algorithm_id=hd.sr.AlgorithmIdentification(name="lumbarseg", version=__version__),
+        measurements=measurements + hernia_measurements, qualitative_evaluations=evaluations + hernia_evaluations)]
+    centre = _disc_centre(level, images.series[naming], naming, images)
+    if centre is not None:
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=centre, finding_sites=site))
+    return groups
 
 
 def write_findings_sr(report: dict, series: Sequence[Series], seg: Dataset, out_path: str | Path) -> Path:
@@ -159,13 +181,14 @@ def write_findings_sr(report: dict, series: Sequence[Series], seg: Dataset, out_
     if missing:
         raise StudyError(out_path, f"the DICOM-SEG has no segment for {', '.join(missing)}: "
                                    "give the SEG written from the same run as the report")
-    groups = [_level_group(level, seg, segments[level["level"]], images) for level in levels]
+    naming = (report.get("naming") or {}).get("series") or 0
+    groups = [g for level in levels for g in _level_groups(level, seg, segments[level["level"]], images, naming)]
     device = hd.sr.DeviceObserverIdentifyingAttributes(  # one UID for lumbarseg, the same in every SR
         uid=generate_uid(entropy_srcs=["lumbarseg"]), name="lumbarseg", manufacturer_name="lumbarseg",
         model_name="lumbarseg")
     observer = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(codes.DCM.Device, device))
     content = hd.sr.MeasurementReport(observation_context=observer, procedure_reported=codes.SCT.ImagingProcedure,
-                                      imaging_measurements=groups)
+                                      imaging_measurements=groups, referenced_images=list(images.read.values()))
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg, *images.read.values()], content=content[0], series_instance_uid=generate_uid(),
         series_number=901, sop_instance_uid=generate_uid(), instance_number=1, manufacturer="lumbarseg",
