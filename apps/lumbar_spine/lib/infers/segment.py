@@ -86,9 +86,11 @@ class SegmentLumbarSpine(BasicInferTask):
         return run_transforms(data, self.inferer(data), log_prefix="INF", log_name="Inferer")
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [LabelGeometryd(self.output_label_key),
-                ReportResultd(ANALYSIS, model_version=self.model.version, result=self.output_json_key),
-                DicomFindingsd(self.output_label_key, folder=guards.results_folder, result=self.output_json_key)]
+        post = [LabelGeometryd(self.output_label_key),
+                ReportResultd(ANALYSIS, model_version=self.model.version, result=self.output_json_key)]
+        if self.plane is None:  # the ensemble's answer goes to the PACS; one plane's is a comparison
+            post.append(DicomFindingsd(self.output_label_key, folder=guards.results_folder, result=self.output_json_key))
+        return post
 
     def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
         """MONAI Label's :class:`Writer`, as :meth:`BasicInferTask.writer` runs it, but for:
