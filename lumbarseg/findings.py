@@ -149,10 +149,8 @@ def _sac_errors(model: dict, truth: dict) -> list[dict]:
     for level in truth["levels"]:
         if not level["dural_sac"]:
             continue
-        near = [m for m in model["levels"]
-                if np.linalg.norm(np.subtract(m["centre_mm"], level["centre_mm"])) <= MATCH_MM]
-        found = min(near, key=lambda m: np.linalg.norm(np.subtract(m["centre_mm"], level["centre_mm"])), default=None)
-        sac = found["dural_sac"] if found else None
+        match = _nearest([np.array(m["centre_mm"]) for m in model["levels"]], np.array(level["centre_mm"]))
+        sac = None if match is None else model["levels"][match]["dural_sac"]
         rows.append({"level": level["level"], "ap_truth_mm": level["dural_sac"]["ap_diameter_mm"],
                      "area_truth_mm2": level["dural_sac"]["area_mm2"],
                      "ap_error_mm": None if not sac else round(abs(sac["ap_diameter_mm"] - level["dural_sac"]["ap_diameter_mm"]), 2),

@@ -93,7 +93,7 @@ def score_gradings(report: dict, graded: list[DiscGrading]) -> list[dict]:
     """One row per graded disc: the radiologist's herniation and the report's, the report's disc
     found by name and by order from the caudal end (None where the report has no such disc)."""
     by_name = {level["level"]: level for level in report["levels"] if level["level"]}
-    ordered = _discs_from_caudal(report) if report["levels"] else []
+    ordered = _discs_from_caudal(report)
     rows = []
     for g in graded:
         named = by_name.get(g.level)

@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from lumbarseg import QUIET_WARNINGS
-from lumbarseg.io.nifti import is_nifti
+from lumbarseg.io.nifti import is_nifti, study_name
 from lumbarseg.services import await_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,7 +348,7 @@ def nifti_as_dicom(path: str | Path, out: str | Path) -> Path:
     from lumbarseg.io import load_study
     from lumbarseg.io.dicom import write_dicom_study
 
-    name = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    name = study_name(path)
     study = load_study(path)
     for series in study.series:
         series.description = name  # the series' name in the viewer (with its contrast), not the file's

@@ -89,7 +89,7 @@ def _nrrd(body: bytes) -> tuple[dict[str, str], np.ndarray]:
     return fields, np.frombuffer(data, np.uint8)
 
 
-def _seg_datasets(orthanc: viewer.Orthanc, study_uid: str, modality: str = "SEG") -> dict[str, pydicom.Dataset]:
+def _stored(orthanc: viewer.Orthanc, study_uid: str, modality: str = "SEG") -> dict[str, pydicom.Dataset]:
     """Every SEG (or SR) instance of the study as stored in Orthanc, by SeriesInstanceUID (Orthanc REST)."""
     import urllib.request
 
@@ -118,7 +118,7 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
         pytest.skip("playwright not installed (pip install playwright)")
     orthanc, server, study_uid = stack["orthanc"], stack["server"], stack["real"]  # the real patient
     sagittal = _sagittal_series_uid(stack["real_folder"])
-    segs_before = set(_seg_datasets(orthanc, study_uid))
+    segs_before = set(_stored(orthanc, study_uid))
     url = f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study_uid}"
     console: list[str] = []
     with sync_playwright() as p:
@@ -178,15 +178,15 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
                 _save_docs_screenshot(shot)
 
             # the app stored its SEG and the findings SR beside the study: OHIF lists the SR
-            auto_segs = {uid: ds for uid, ds in _seg_datasets(orthanc, study_uid).items() if uid not in segs_before}
+            auto_segs = {uid: ds for uid, ds in _stored(orthanc, study_uid).items() if uid not in segs_before}
             (auto_seg,) = auto_segs.values()
-            (sr,) = _seg_datasets(orthanc, study_uid, "SR").values()
+            (sr,) = _stored(orthanc, study_uid, "SR").values()
             sr_file = tmp_path / "findings_sr.dcm"
             sr.save_as(str(sr_file))
             levels = read_findings_sr(sr_file)["levels"]
             assert levels and {lv["segment"]["sop_instance_uid"] for lv in levels} == {str(auto_seg.SOPInstanceUID)}
             assert {lv["level"] for lv in levels} <= {str(x.SegmentLabel) for x in auto_seg.SegmentSequence}
-            segs_before = set(_seg_datasets(orthanc, study_uid))  # OHIF's own export next
+            segs_before = set(_stored(orthanc, study_uid))  # OHIF's own export next
 
             # store: OHIF's "Export DICOM SEG" command (the monai-label mode's layout has no
             # segmentation panel to click it in), its "Create Report" dialog, STOW-RS through the
@@ -215,7 +215,7 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
         finally:
             context.close()
 
-    segs = _seg_datasets(orthanc, study_uid)
+    segs = _stored(orthanc, study_uid)
     new = [segs[uid] for uid in set(segs) - segs_before]
     assert len(new) == 1, f"expected one new SEG series in Orthanc, found {len(new)}"
     seg = new[0]
@@ -263,8 +263,8 @@ def test_slicer_rest_contract_on_the_dicomweb_datastore(stack, tmp_path):
     label_file, params = client.infer("lumbar_spine", sagittal, {})
     # the app stored its SEG and the findings SR in Orthanc; the SR reads back as the JSON report
     stored = params["dicom"]
-    srs = _seg_datasets(orthanc, study_uid, "SR")
-    assert stored["sr_series_uid"] in srs and stored["seg_series_uid"] in _seg_datasets(orthanc, study_uid)
+    srs = _stored(orthanc, study_uid, "SR")
+    assert stored["sr_series_uid"] in srs and stored["seg_series_uid"] in _stored(orthanc, study_uid)
     srs[stored["sr_series_uid"]].save_as(str(tmp_path / "sr.dcm"))
     back = {lv["level"]: lv for lv in read_findings_sr(tmp_path / "sr.dcm")["levels"]}
     named = {lv["level"]: lv for lv in params["report"]["levels"] if lv["level"]}
@@ -285,10 +285,10 @@ def test_slicer_rest_contract_on_the_dicomweb_datastore(stack, tmp_path):
     assert present, "the untrained model labelled nothing; nothing to store"
     label_info = [{"name": tissues.STUDY_LABELS[v], "color": list(tissues.study_label_color(tissues.STUDY_LABELS[v])),
                    "model_name": "lumbar_spine"} for v in present]  # one entry per value present, ascending
-    before = set(_seg_datasets(orthanc, study_uid))
+    before = set(_stored(orthanc, study_uid))
     result = client.save_label(sagittal, label_file, tag="final", params={"label_info": label_info})
     assert result["image"] == sagittal
-    segs = _seg_datasets(orthanc, study_uid)
+    segs = _stored(orthanc, study_uid)
     new = [segs[uid] for uid in set(segs) - before]
     assert len(new) == 1 and _referenced_series(new[0]) == sagittal
     assert [str(s.SegmentLabel) for s in new[0].SegmentSequence] == [i["name"] for i in label_info]

@@ -27,6 +27,14 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def study_name(path: str | Path) -> str:
+    """A file's name without its NIfTI suffix (``57_t2.nii.gz`` -> ``57_t2``)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
+
 def _open(path: Path) -> nib.Nifti1Image:
     if not path.is_file():
         raise StudyError(path, "file not found")

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "lite"
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def _fail(args: argparse.Namespace, err: Exception) -> int:
@@ -97,18 +96,13 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if health["ready"] and all(s == "READY" for s in health["models"].values()) else 1
 
 
-def _study_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        name = name.removesuffix(suffix)
-    return name
-
-
 def _targets(studies: list[str], out: Path, suffix: str) -> list[Path]:
     """One output per study: ``out`` itself for one study, else ``out/<study name><suffix>``."""
     if len(studies) == 1 and not out.is_dir():
         return [out]
-    names = [_study_name(s) + suffix for s in studies]
+    from lumbarseg.io.nifti import study_name
+
+    names = [study_name(s) + suffix for s in studies]
     if len(set(names)) < len(names):
         raise ValueError("two studies would write the same output file; give them distinct names")
     out.mkdir(parents=True, exist_ok=True)

@@ -37,21 +37,19 @@ def store_findings(result: dict, datastore: DICOMWebDatastore) -> None:
     DICOMweb server and replace them there by their series UIDs; the files are deleted either
     way. A failed upload is reported in the result, not raised: the segmentation still stands."""
     params = result.get("params") or {}
-    files = params.get("dicom") or {}
-    stored = {}
+    files = params.get("dicom")
+    if not files or "error" in files:  # nothing was written; the reason, if any, stays in the result
+        return
     try:
-        for kind in ("seg", "sr"):
-            if kind in files:
-                stored[f"{kind}_series_uid"] = dicom_web_upload_dcm(files[kind], datastore._client)
+        params["dicom"] = {f"{kind}_series_uid": dicom_web_upload_dcm(path, datastore._client)
+                           for kind, path in files.items()}
     except Exception as err:  # dicomweb-client raises requests' and its own errors
         log.warning("storing the findings of %s failed: %s", result.get("label"), err)
-        stored = {"error": f"storing in the PACS failed: {type(err).__name__}: {err}"}
+        params["dicom"] = {"error": f"storing in the PACS failed: {type(err).__name__}: {err}"}
     finally:
-        for kind in ("seg", "sr"):
-            if kind in files and os.path.exists(files[kind]):
-                os.unlink(files[kind])
-    if files:
-        params["dicom"] = stored if "error" not in files else {"error": files["error"]}
+        for path in files.values():
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def reviewed_labels_only(cls: type[DICOMWebDatastore]) -> type[DICOMWebDatastore]:
