@@ -272,8 +272,10 @@ class MonaiLabel:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ohif_url(self, study_uid: str | None = None) -> str:
-        return f"{self.url}/ohif/monai-label" + (f"?StudyInstanceUIDs={study_uid}" if study_uid else "")
+    def ohif_url(self, study_uid: str | None = None, mode: str = "monai-label") -> str:
+        """OHIF in ``mode``: ``monai-label`` (segmentation) or ``viewer`` (the basic viewer, which
+        opens the findings SR)."""
+        return f"{self.url}/ohif/{mode}" + (f"?StudyInstanceUIDs={study_uid}" if study_uid else "")
 
     def command(self) -> list[str]:
         args = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(self.app),
@@ -407,7 +409,7 @@ def _viewer(args: argparse.Namespace) -> int:
         print(f"MONAI Label ready: {server.url}/  (3D Slicer: MONAI Label module, server {server.url})")
         studies = uids or sorted({s["0020000D"]["Value"][0] for s in orthanc.series("MR")})
         for uid in studies:
-            print(f"OHIF: {server.ohif_url(uid)}")
+            print(f"OHIF: {server.ohif_url(uid)}  (after Run, its findings SR: {server.ohif_url(uid, 'viewer')})")
         if not studies:
             print(f"OHIF: {server.ohif_url()} (Orthanc holds no MR study yet: lumbarseg orthanc upload DIR "
                   f"--url {orthanc.url})")

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import ComprehensiveSRStorage
 
 from lumbarseg import io, measure, phantom, postprocess, tissues
 from lumbarseg.io.dicom import write_dicom_seg, write_dicom_study
@@ -93,7 +93,7 @@ def test_every_level_reads_back_with_the_values_of_the_report(truth_sr):
 def test_the_sr_lists_the_seg_and_the_source_images_as_evidence_of_the_study(truth_sr):
     report, series, seg, path = truth_sr
     ds = pydicom.dcmread(path)
-    assert ds.SOPClassUID == Comprehensive3DSRStorage and ds.Modality == "SR"
+    assert ds.SOPClassUID == ComprehensiveSRStorage and ds.Modality == "SR"
     assert ds.StudyInstanceUID == seg.StudyInstanceUID and ds.PatientID == "p5"
     assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     evidence = {(item.SeriesInstanceUID, sop.ReferencedSOPInstanceUID)
@@ -111,7 +111,7 @@ def test_dciodvfy_finds_no_error_in_the_sr_the_seg_or_an_mr_slice(truth_sr):
             pytest.fail("CI needs dciodvfy (scripts/setup.sh installs dicom3tools)")
         pytest.skip("dciodvfy is not installed (Debian package dicom3tools)")
     report, series, seg, path = truth_sr
-    for file, kind in ((path, "Comprehensive3DSR"), (path.with_name("seg.dcm"), "Segmentation"),
+    for file, kind in ((path, "ComprehensiveSR"), (path.with_name("seg.dcm"), "Segmentation"),
                        (series[0].meta["files"][0][0], "MRImage")):
         result = subprocess.run(["dciodvfy", str(file)], capture_output=True, text=True, timeout=60)
         lines = (result.stdout + result.stderr).splitlines()

@@ -2,12 +2,13 @@
 study in the clinical DICOM layout and the real sample patient (samples/spider_57, written as
 DICOM); the MONAI Label app reading them through DICOMweb; OHIF (``/ohif/monai-label``, bundled
 with MONAI Label) in headless Chromium running ``lumbar_spine`` auto-segmentation on the real
-study, the app storing the SEG and the findings SR beside it, OHIF listing the SR, and OHIF's own
-DICOM-SEG export; and the REST contract 3D Slicer's MONAI Label module uses, on the same DICOMweb
+study, the app storing the SEG and the findings SR beside it, OHIF listing the SR and showing its
+per-level measurements in the basic viewer's SR view, and OHIF's own DICOM-SEG export; and the REST contract 3D Slicer's MONAI Label module uses, on the same DICOMweb
 datastore, through ``monailabel.client``.
 
 Untrained lite networks (or ``weights/lite`` when present): the segments are junk, the plumbing
-is not. ``LUMBARSEG_UPDATE_DOCS=1`` also writes the screenshot to ``docs/ohif_lumbar_spine.png``.
+is not. ``LUMBARSEG_UPDATE_DOCS=1`` also writes the screenshots to ``docs/ohif_lumbar_spine.png`` and
+``docs/ohif_findings_sr.png``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SCHEMA = set(tissues.STUDY_LABELS.values())
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 DOCS_SCREENSHOT = REPO / "docs" / "ohif_lumbar_spine.png"
+DOCS_SR_SCREENSHOT = REPO / "docs" / "ohif_findings_sr.png"
 SEGMENTS_JS = """() => {
   const s = window.services.segmentationService;
   const vol = s.getLabelmapVolume('1');
@@ -202,12 +204,26 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
                 page.get_by_role("button", name="Save").click()
             assert stow.value.status == 200, stow.value.text()[:500]
 
-            # reopened, the study browser lists the app's SR beside the SEGs (OHIF's monai-label
-            # mode opens no SR viewport for it: docs/findings.md)
+            # reopened, the study browser lists the app's SR beside the SEGs (the monai-label
+            # mode has no SR viewport: its SR opens in OHIF's basic viewer, next)
             page.goto(url)
             page.wait_for_selector(".cornerstone-canvas", timeout=180_000)
             page.get_by_text("lumbarseg findings").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(tmp_path / "ohif_sr_listed.png"))
+
+            # OHIF's basic viewer opens the SR: each level's measurements beside its disc centre
+            page.goto(f"{server.url}/ohif/viewer?StudyInstanceUIDs={study_uid}")
+            page.wait_for_selector(".cornerstone-canvas", timeout=180_000)
+            page.get_by_text("lumbarseg findings").first.dblclick()
+            shown = _sr_view_levels(page, len(levels))
+            assert set(shown) == {lv["level"] for lv in levels}, shown
+            for lv in levels:
+                assert f"Volume: {lv['disc_volume_mm3']:.2f} mm3" in shown[lv["level"]]
+                if lv["dural_sac"]:
+                    assert f"Area: {lv['dural_sac']['area_mm2']:.2f} mm2" in shown[lv["level"]]
+                    assert f"Diameter: {lv['dural_sac']['ap_diameter_mm']:.2f} mm" in shown[lv["level"]]
+            page.screenshot(path=str(tmp_path / "ohif_sr_view.png"))
+            if os.environ.get("LUMBARSEG_UPDATE_DOCS"):
+                _save_docs_screenshot(tmp_path / "ohif_sr_view.png", DOCS_SR_SCREENSHOT)
         except Exception:
             (tmp_path / "console.log").write_text("\n".join(console))
             page.screenshot(path=str(tmp_path / "failure.png"))
@@ -226,17 +242,36 @@ def test_ohif_runs_lumbar_spine_auto_segmentation_and_stores_the_seg_in_orthanc(
     assert any(s["0020000D"]["Value"][0] == study_uid for s in orthanc.series("SEG"))  # and DICOMweb sees it
 
 
-def _save_docs_screenshot(shot: Path, limit: int = 300_000) -> None:
-    """The README's screenshot, as a palette PNG when that is what keeps it under ``limit``."""
+def _sr_view_levels(page, count: int) -> dict[str, str]:
+    """Level -> the text OHIF's SR view draws beside that level's point ("Volume: ... mm3 ...
+    Level of L4/L5 intervertebral disc"), stepping through the SR's measurements with the
+    viewport's next-measurement arrow (a level on another slice is drawn only there)."""
+    page.locator("svg text", has_text="intervertebral disc").first.wait_for(timeout=60_000)
+    shown: dict[str, str] = {}
+    arrows = page.locator("div.pointer-events-auto.right-viewport-scrollbar div.cursor-pointer")
+    for _ in range(count + 1):
+        for text in page.locator("svg text").all_text_contents():
+            found = re.search(r"Level of (\S+)/(\S+) intervertebral disc", text)
+            if found:
+                shown[f"{found[1]}-{found[2]}"] = text
+        if len(shown) == count:
+            break
+        arrows.nth(1).click()  # (previous, next, ...): next
+        page.wait_for_timeout(1000)
+    return shown
+
+
+def _save_docs_screenshot(shot: Path, target: Path = DOCS_SCREENSHOT, limit: int = 300_000) -> None:
+    """A docs screenshot, as a palette PNG when that is what keeps it under ``limit``."""
     from PIL import Image
 
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    target.parent.mkdir(exist_ok=True)
     image = Image.open(shot).convert("RGB")
     for colours in (256, 128, 64):
-        image.quantize(colours).save(DOCS_SCREENSHOT, optimize=True)
-        if DOCS_SCREENSHOT.stat().st_size < limit:
+        image.quantize(colours).save(target, optimize=True)
+        if target.stat().st_size < limit:
             return
-    DOCS_SCREENSHOT.unlink()
+    target.unlink()
     pytest.fail(f"screenshot over {limit} bytes even with 64 colours")
 
 

@@ -8,7 +8,9 @@ source images it was measured on.
 Content (one TID 1411 Volumetric ROI measurement group per named disc level, plus a TID 1410
 planar group with the same tracking identifier whose image region is the disc centre: OHIF's SR
 handler merges groups by tracking UID and draws only groups with an image region at their top
-level; an image library of the slices referenced, which that handler reads too):
+level; an image library of the slices referenced, which that handler reads too). The SOP class
+is Comprehensive SR: every point is an image point (SCOORD), and OHIF reads a Comprehensive 3D SR
+as world points (SCOORD3D) only:
 
 * tracking identifier: the level name ("L4-L5"); finding site: SNOMED CT's "Level of L4/L5
   intervertebral disc"; ROI: the disc's segment of the DICOM-SEG of the same run, on the source
@@ -167,7 +169,7 @@ def _level_groups(level: dict, seg: Dataset, segment: int, images: _SourceImages
 
 
 def write_findings_sr(report: dict, series: Sequence[Series], seg: Dataset, out_path: str | Path) -> Path:
-    """A Comprehensive 3D SR of ``report`` (:func:`lumbarseg.measure.study_report`): one
+    """A Comprehensive SR of ``report`` (:func:`lumbarseg.measure.study_report`): one
     measurement group per named level, referencing the DICOM-SEG ``seg`` written from the same
     run (its segments named by level) and the source images. ``series``: the DICOM-loaded
     series the report measured, in its order (its slice and voxel indices point into them)."""
@@ -189,7 +191,7 @@ def write_findings_sr(report: dict, series: Sequence[Series], seg: Dataset, out_
     observer = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(codes.DCM.Device, device))
     content = hd.sr.MeasurementReport(observation_context=observer, procedure_reported=codes.SCT.ImagingProcedure,
                                       imaging_measurements=groups, referenced_images=list(images.read.values()))
-    sr = hd.sr.Comprehensive3DSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[seg, *images.read.values()], content=content[0], series_instance_uid=generate_uid(),
         series_number=901, sop_instance_uid=generate_uid(), instance_number=1, manufacturer="lumbarseg",
         is_complete=True, series_description="lumbarseg findings", manufacturer_model_name="lumbarseg",
