@@ -111,7 +111,8 @@ def score_phantom(report: dict, study: Study, truth: dict) -> dict:
         level = report["levels"][match] if match is not None else None
         hernia = d["hernia"]
         found = level["herniation"] if level else {"present": False}
-        discs.append({"level": d["level"], "truth": hernia["present"], "predicted": found["present"], "matched": level is not None})
+        discs.append({"level": d["level"], "truth": hernia["present"], "predicted": found["present"],
+                      "confidence": found.get("confidence"), "matched": level is not None})
         if level is not None:
             for s in level["slices"]:
                 inside = False
@@ -121,6 +122,7 @@ def score_phantom(report: dict, study: Study, truth: dict) -> dict:
                 slices.append((inside, s["herniated"]))
             area = level["dural_sac"]["area_mm2"] if level["dural_sac"] else None
             stenosis.append({"level": d["level"], "truth": d["stenosis"]["grade"], "predicted": level["stenosis"],
+                             "confidence": (level.get("stenosis_confidence") or {}).get("confidence"),
                              "area_truth": d["stenosis"]["dural_sac_area_mm2"], "area": area})
         if hernia["present"] and found["present"]:
             tops.append(_top_errors(found, hernia, level, study))
@@ -346,17 +348,21 @@ def _print_per_level(console, results: dict) -> None:
     def yes(x) -> str:
         return "-" if x is None else "yes" if x else "no"
 
+    def unsure(cell: str, confidence: str | None) -> str:  # what the report itself doubts
+        return f"{cell} (low confidence)" if confidence == "low" else cell
+
     for s in results["subjects"]:
         rows = []
         if "phantom" in s:
             grades = {x["level"]: x for x in s["phantom"]["stenosis"]}
             for d in s["phantom"]["discs"]:
                 g = grades.get(d["level"], {})
-                found = yes(d["predicted"]) if d["matched"] else "no disc found"
+                found = unsure(yes(d["predicted"]), d.get("confidence")) if d["matched"] else "no disc found"
                 pairs = [(d["truth"], d["predicted"] if d["matched"] else None), (g.get("truth"), g.get("predicted"))]
-                rows.append((d["level"], yes(d["truth"]), found, g.get("truth") or "-", g.get("predicted") or "-", pairs))
+                rows.append((d["level"], yes(d["truth"]), found, g.get("truth") or "-",
+                             unsure(g.get("predicted") or "-", g.get("confidence")), pairs))
         for r in s.get("gradings", []):
-            found = "no disc found" if r["by_order"] is None else yes(r["by_order"])
+            found = "no disc found" if r["by_order"] is None else unsure(yes(r["by_order"]), r.get("confidence"))
             rows.append((r["level"], yes(r["herniated"]), found, "-", "-", [(r["herniated"], r["by_order"])]))
         if not rows:
             continue

@@ -17,12 +17,17 @@ How (every length in mm, in patient space; thresholds in ``configs/findings.json
    resampled from any other series parallel to the disc through its height; all sampled on the
    same ``(v, u)`` pixel grid, so one analysis serves both;
 4. per section: dural sac area (largest component) and its antero-posterior diameter along ``v``
-   through the sac's centroid (the white line of the paper's Fig. 1b); the *protrusion*: hernia
-   class, plus disc class posterior to the centre and beyond the adjacent endplates' margin
-   (the vertebral bodies' cross-section just above and below the disc);
-5. per disc: herniated when a section is, the hernia's top point (most posterior protrusion),
-   height along the disc normal, direction by lateral offset; stenosis grade from the sac area
-   in the section through the disc centre (an acquired slice when there is one).
+   through the sac's centroid (the white line of the paper's Fig. 1b); the disc-contour
+   *protrusion*: hernia class, plus disc class posterior to the centre and beyond the adjacent
+   endplates' margin (the vertebral bodies' cross-section just above and below the disc);
+5. per disc, the posterior-corner line (:func:`corner_line`): on the mid-sagittal plane and
+   parasagittal planes beside it, how far the disc reaches behind the line joining the
+   posteroinferior corner of the body above and the posterosuperior corner of the body below;
+6. per disc: herniated by :func:`herniation_decision` (hernia class, else the corner line's
+   focal or broad reach, else the disc contour), every rule's value kept as ``evidence``; the
+   hernia's top point, height along the disc normal, direction by lateral offset; stenosis grade
+   from the sac area in the section through the disc centre (an acquired slice when there is
+   one); each herniation and stenosis finding with a ``confidence`` and its reasons.
 """
 
 from __future__ import annotations
@@ -69,14 +74,42 @@ class SectionsConfig:
 
 
 @dataclass(frozen=True)
+class CornerLineConfig:
+    """The posterior-corner-line rule (docs/findings.md): where it is measured and when a disc
+    reaching past the line is a herniation rather than a bulge."""
+
+    herniated_mm: float  # the disc reaches at least this far behind the corner line ...
+    focal_mm: float  # ... and at least this much further than its median over the measured planes (a focal peak)
+    broad_mm: float | None  # or its median reach is at least this (a broad-based herniation; None: not used)
+    lateral_mm: float  # parasagittal planes from -lateral_mm to +lateral_mm of the disc centre ...
+    step_mm: float  # ... this far apart
+    search_mm: float  # the corners are looked for up to this far above and below the disc
+    min_planes: int  # fewer measured planes: the rule gives no answer (the contour rule decides)
+
+
+@dataclass(frozen=True)
 class HerniationConfig:
-    """When disc material is a protrusion, a section or disc herniated, and in which direction."""
+    """When a disc is herniated (the combination documented in docs/findings.md), when a
+    section's disc contour is a protrusion, and in which direction a hernia points."""
 
     margin_mm: float  # beyond the endplates' cross-section
     endplate_probe_mm: float  # where that cross-section is sampled, beyond each endplate
     min_area_mm2: float  # of a section's protrusion for the section to be herniated
     central_mm: float  # lateral offset below which a herniation is central ...
     paracentral_mm: float  # ... paracentral, then foraminal
+    hernia_class_mm3: float  # this much hernia class makes a disc herniated whatever its contour
+    corner_line: CornerLineConfig
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """When a finding says ``confidence: low`` (docs/findings.md)."""
+
+    herniation_margin_mm: float  # a corner-line value this close to its threshold
+    sac_fragment_share: float  # the level's 3D dural sac component is less than this share of the largest
+    sac_piece_share: float  # the section's largest sac piece is less than this share of its sac
+    sac_neighbour_ratio: float  # the level's sac area is less than this ratio of the neighbouring levels' median
+    plane_disagreement: float  # the level's plane disagreement above this
 
 
 @dataclass(frozen=True)
@@ -87,6 +120,7 @@ class FindingsConfig:
     stenosis: StenosisConfig
     sections: SectionsConfig
     herniation: HerniationConfig
+    confidence: ConfidenceConfig
 
 
 @functools.cache
@@ -152,6 +186,9 @@ class Section:
     ap_line: tuple[np.ndarray, np.ndarray] | None = None
     protrusion: np.ndarray | None = None  # (H, W) bool
     beyond: float = 0.0  # mm the protrusion reaches past the endplate margin
+    sac: np.ndarray | None = None  # (H, W) bool: the sac component measured
+    sac_cut: bool = False  # that component touches the edge of the series' field of view
+    sac_share: float = 1.0  # its share of all the section's sac pixels
 
     @property
     def protrusion_area(self) -> float:
@@ -179,6 +216,7 @@ class LevelFindings:
     disc: Disc
     sections: list[Section] = field(default_factory=list)
     footprint: np.ndarray | None = None  # (H, W) endplates' cross-section, None if no body found
+    corner: list[CornerPlane] = field(default_factory=list)  # the corner line on parasagittal planes
 
 
 # --- geometry -----------------------------------------------------------------------------------
@@ -267,10 +305,14 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 def _dural_sac(sec: Section, grid: Grid) -> None:
     """Area and antero-posterior diameter (the white line: along ``v`` through the centroid)."""
-    sac = _largest(sec.classes == SAC)
+    every = sec.classes == SAC
+    sac = _largest(every)
     if not sac.any():
         return
+    sec.sac = sac
     sec.sac_area = float(sac.sum() * grid.px**2)
+    sec.sac_share = float(sac.sum() / every.sum())
+    sec.sac_cut = bool((ndimage.binary_dilation(sac) & (sec.classes == UNKNOWN)).any())
     r, c = (int(round(x)) for x in ndimage.center_of_mass(sac))
     column = sac[:, c]
     runs, count = ndimage.label(column)
@@ -307,6 +349,166 @@ def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> N
 
 def _herniated(sec: Section, grid: Grid, cfg: HerniationConfig) -> bool:
     return sec.protrusion_area * grid.px**2 >= cfg.min_area_mm2
+
+
+# --- the posterior-corner line ---------------------------------------------------------------------
+
+@dataclass
+class CornerPlane:
+    """One parasagittal plane's corner-line measurement."""
+
+    offset: float  # mm right of the disc centre
+    beyond: float  # mm the disc reaches behind the line (negative: in front of it)
+    top: np.ndarray  # patient-space point of the disc's most displaced pixel
+    span: float  # mm along the line over which the disc is more than half of ``beyond`` behind it
+    basis: str  # "two corners" or "one corner and its body's posterior wall"
+    reach: tuple[float, float] = (0.0, 0.0)  # that part's extent along the disc normal (mm from the centre)
+
+
+def _nearest_component(mask: np.ndarray, r: int, c: int, within_px: float) -> np.ndarray | None:
+    """The connected component of ``mask`` at (r, c), or the nearest one within ``within_px``."""
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    if components[r, c]:
+        return components == components[r, c]
+    distance, (ri, ci) = ndimage.distance_transform_edt(components == 0, return_indices=True)
+    if distance[r, c] > within_px:
+        return None
+    return components == components[ri[r, c], ci[r, c]]
+
+
+def _corner_plane(m: LabelMap, d: Disc, offset: float, cfg: CornerLineConfig, px: float) -> CornerPlane | None:
+    """The disc's posterior reach behind the line joining the posteroinferior corner of the body
+    above and the posterosuperior corner of the body below, on the parasagittal plane ``offset``
+    mm right of the disc centre (None when the plane shows no disc or no body next to it)."""
+    half = d.height / 2 + cfg.search_mm
+    V = np.arange(-45.0, 30.0 + px / 2, px)  # along v: posterior -> anterior
+    N = np.arange(-half, half + px / 2, px)  # along the disc normal: inferior -> superior
+    point = d.centre + offset * d.u
+    classes = _sample(m, point, d.normal, d.v, Grid(px, N, V))  # rows V, columns N
+    if (classes == UNKNOWN).any():  # the plane leaves the field of view: a corner could be hidden
+        return None
+    r0, c0 = int(np.argmin(np.abs(V))), int(np.argmin(np.abs(N)))
+    disc = _nearest_component(np.isin(classes, (DISC, HERNIA)), r0, c0, 3.0 / px)
+    if disc is None or disc.sum() * px**2 < 20.0:
+        return None
+    VV, NN = np.meshgrid(V, N, indexing="ij")
+    body = np.isin(classes, (BODY, SACRUM))
+    corners = {}
+    for side in (1, -1):  # above, below
+        band = body & (side * NN > 0)
+        components, count = ndimage.label(band)
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        if sizes.max() * px**2 < 40.0:
+            continue
+        part = components == sizes.argmax() + 1
+        k = int(np.argmin(VV[part] + side * NN[part]))  # the most posterior pixel nearest the disc
+        corner = np.array([VV[part][k], NN[part][k]])
+        if corner[0] < 0:  # a posterior corner lies behind the disc centre
+            corners[side] = (corner, part)
+    if not corners:
+        return None
+    if len(corners) == 2:
+        direction = corners[1][0] - corners[-1][0]
+        basis, anchor = "two corners", corners[1][0]
+    else:  # one body (L5-S1 without a sacrum label, the top of the field of view): its posterior wall
+        side, (anchor, part) = next(iter(corners.items()))
+        rows = [(n, V[part[:, j]].min()) for j, n in enumerate(N)
+                if part[:, j].any() and 2.0 <= side * (n - anchor[1]) <= 15.0]
+        if len(rows) < 4:
+            return None
+        slope = np.polyfit([n for n, _ in rows], [v for _, v in rows], 1)[0]
+        direction = np.array([slope, 1.0])
+        basis = "one corner and its body's posterior wall"
+    direction = direction / np.linalg.norm(direction)
+    if abs(direction[1]) < 0.5:  # a "line" within 60 degrees of the disc plane joins no corners
+        return None
+    posterior = np.array([direction[1], -direction[0]])
+    if posterior[0] > 0:
+        posterior = -posterior
+    behind = VV < 0
+    pix = disc & behind
+    if not pix.any():
+        return None
+    dist = (VV - anchor[0]) * posterior[0] + (NN - anchor[1]) * posterior[1]
+    reach = np.where(pix, dist, -np.inf)
+    k = np.unravel_index(int(np.argmax(reach)), reach.shape)
+    beyond = float(reach[k])
+    along = (VV - anchor[0]) * direction[0] + (NN - anchor[1]) * direction[1]
+    out = pix & (dist > beyond / 2) if beyond > 0 else np.zeros_like(pix)
+    span = float(np.ptp(along[out]) + px) if out.any() else 0.0
+    reach_n = (float(NN[out].min()), float(NN[out].max())) if out.any() else (0.0, 0.0)
+    top = point + V[k[0]] * d.v + N[k[1]] * d.normal
+    return CornerPlane(offset, beyond, top, span, basis, reach_n)
+
+
+def corner_line(m: LabelMap, d: Disc, cfg: CornerLineConfig, px: float) -> list[CornerPlane]:
+    """The corner-line measurement on the mid-sagittal plane through the disc centre and on
+    parasagittal planes every ``step_mm`` out to ``lateral_mm`` each side (the lateral profile a
+    series of disc-parallel sections shows, read column by column)."""
+    offsets = np.arange(-cfg.lateral_mm, cfg.lateral_mm + 1e-6, cfg.step_mm)
+    return [p for p in (_corner_plane(m, d, float(s), cfg, px) for s in offsets) if p is not None]
+
+
+def corner_profile_summary(profile: Sequence[Sequence[float]] | None, lateral_mm: float) -> dict | None:
+    """Peak, where, and median of a corner-line profile (``[[offset_mm, reach_mm], ...]``)
+    over the planes within ``lateral_mm`` of the disc centre; None without such planes."""
+    rows = [(o, v) for o, v in (profile or []) if abs(o) <= lateral_mm + 1e-6]
+    if not rows:
+        return None
+    offset, peak = max(rows, key=lambda r: r[1])
+    return {"peak": float(peak), "offset": float(offset), "median": float(np.median([v for _, v in rows])),
+            "planes": len(rows)}
+
+
+def corner_evidence(planes: list[CornerPlane]) -> dict:
+    """The corner-line values a report keeps (``evidence``): the peak reach behind the line, where,
+    its value on the mid-sagittal plane, the median over the planes (a bulge's broad reach) and
+    the lateral profile."""
+    if not planes:
+        return {"corner_line_mm": None, "corner_line_planes": 0}
+    peak = max(planes, key=lambda p: p.beyond)
+    mid = min(planes, key=lambda p: abs(p.offset))
+    return {
+        "corner_line_mm": round(peak.beyond, 2),
+        "corner_line_offset_mm": round(peak.offset, 1),
+        "corner_line_mid_mm": round(mid.beyond, 2) if abs(mid.offset) < 1.0 else None,
+        "corner_line_median_mm": round(float(np.median([p.beyond for p in planes])), 2),
+        "corner_line_span_mm": round(peak.span, 1),
+        "corner_line_basis": peak.basis,
+        "corner_line_planes": len(planes),
+        "corner_line_profile": [[round(p.offset, 1), round(p.beyond, 2)] for p in planes],
+    }
+
+
+def herniation_decision(evidence: dict, cfg: HerniationConfig) -> tuple[bool, list[str]]:
+    """Herniated or not from a disc's evidence, and the rules that said so (docs/findings.md):
+
+    1. ``hernia_class_mm3`` at least ``hernia_class_mm3``: the segmentation drew a hernia;
+    2. else, where the corner line was measured on at least ``min_planes`` planes within
+       ``lateral_mm`` of the disc centre: the disc reaches at least ``herniated_mm`` behind the
+       line and that peak stands at least ``focal_mm`` above the median over the planes (focal:
+       a herniation; a broad reach of the same depth is a bulge), or the median itself reaches
+       ``broad_mm`` (a broad-based herniation, deeper than a bulge goes);
+    3. else (no corner line: an axial stack alone, no vertebral body next to the disc): the disc
+       contour rule (a section's protrusion beyond the endplate margin of at least ``min_area_mm2``).
+    """
+    if evidence.get("hernia_class_mm3", 0.0) >= cfg.hernia_class_mm3:
+        return True, ["hernia class"]
+    c = cfg.corner_line
+    line = corner_profile_summary(evidence.get("corner_line_profile"), c.lateral_mm)
+    if line is not None and line["planes"] >= c.min_planes:
+        if line["peak"] >= c.herniated_mm and line["peak"] - line["median"] >= c.focal_mm:
+            return True, ["corner line"]
+        if c.broad_mm is not None and line["median"] >= c.broad_mm:
+            return True, ["corner line"]
+        return False, []
+    if evidence.get("contour_protrusion_mm2", 0.0) >= cfg.min_area_mm2:
+        return True, ["disc contour"]
+    return False, []
 
 
 # --- the study -------------------------------------------------------------------------------------
@@ -362,6 +564,7 @@ def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
                 point = d.centre + off * d.normal
                 f.sections.append(Section(i, None, float(off), point, d.normal, d.u, d.v,
                                           _sample(maps[i], point, d.u, d.v, grid)))
+            f.corner = corner_line(maps[i], d, cfg.herniation.corner_line, grid.px)
         for i, m in enumerate(maps):
             if i in volume_like:
                 continue
@@ -378,7 +581,8 @@ def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
             _protrusion(sec, margins.get(sec.series))
     lonely = [f.disc.instance.name or "unnamed" for f in discs if f.footprint is None]
     if lonely:
-        problems.append(f"no vertebral body next to disc(s) {', '.join(lonely)}: herniation there from the hernia class only")
+        problems.append(f"no vertebral body next to disc(s) {', '.join(lonely)}: herniation there from the hernia class "
+                        "and the corner line only")
     # An acquired slice belongs to the one disc it is closest to.
     owner: dict[tuple[int, int], tuple[float, int]] = {}
     for n, f in enumerate(discs):
@@ -415,41 +619,124 @@ def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Gri
 
 # --- per-disc findings ------------------------------------------------------------------------------
 
-def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, cfg: HerniationConfig) -> dict:
-    flagged = [s for s in f.sections if _herniated(s, grid, cfg)]
-    if not flagged:
-        return {"present": False}
-    # Prefer resampled volume sections (finer along the normal) for the 3D description.
-    pool = [s for s in f.sections if s.slice is None and s.protrusion_area] or [s for s in f.sections if s.protrusion_area]
-    depth, tops = -np.inf, None
-    lateral, weights = [], []
-    for s in pool:
-        rows, cols = np.nonzero(s.protrusion)
-        lateral.append(grid.U[cols].mean())
-        weights.append(len(rows))
-        posterior = -grid.V[rows].min()
-        if posterior > depth:
-            depth = posterior
-            near = -grid.V[rows] >= posterior - 1.0  # ties of a flat top: their middle
-            tops = s.world(rows[near], cols[near], grid).mean(axis=0)
-    offsets = [s.offset for s in pool]
-    steps = np.diff(sorted({s.offset for s in f.sections if s.series == pool[0].series}))
-    step = float(np.median(steps)) if len(steps) else maps[pool[0].series].extent_along(f.disc.normal)
-    x = float(np.average(lateral, weights=weights))
+def _volume_pool(f: LevelFindings) -> tuple[list[Section], float]:
+    """The sections a 3D quantity is summed over (resampled volume planes when there are any,
+    finer along the normal, else acquired slices) and their spacing along the disc normal."""
+    pool = [s for s in f.sections if s.slice is None] or list(f.sections)
+    if not pool:
+        return [], 0.0
+    steps = np.diff(sorted({s.offset for s in pool if s.series == pool[0].series}))
+    return pool, float(np.median(steps)) if len(steps) else 1.0
+
+
+def herniation_evidence(f: LevelFindings, grid: Grid) -> dict:
+    """Every herniation rule's measured value for one disc (the report's ``evidence``):
+    ``hernia_class_mm3``, the disc contour's protrusion beyond the endplate margin
+    (``contour_protrusion_mm``, the largest section's ``contour_protrusion_mm2``) and the corner
+    line's values (:func:`corner_evidence`)."""
+    pool, step = _volume_pool(f)
+    hernia = sum(int((s.classes == HERNIA).sum()) for s in pool) * grid.px**2 * step
+    protruding = [s for s in f.sections if s.protrusion_area]
+    return {
+        "hernia_class_mm3": round(float(hernia), 1),
+        "contour_protrusion_mm": round(max((s.beyond for s in protruding), default=0.0), 2),
+        "contour_protrusion_mm2": round(max((s.protrusion_area for s in protruding), default=0.0) * grid.px**2, 1),
+        **corner_evidence(f.corner),
+    }
+
+
+def herniation_confidence(evidence: dict, present: bool, decided_by: list[str], cfg: FindingsConfig) -> list[str]:
+    """Why a herniation call (present or absent) is uncertain; no reason: confidence high."""
+    h, c = cfg.herniation, cfg.herniation.corner_line
+    near = cfg.confidence.herniation_margin_mm
+    reasons = []
+    if decided_by == ["hernia class"]:
+        return reasons
+    line = corner_profile_summary(evidence.get("corner_line_profile"), c.lateral_mm)
+    if line is not None and line["planes"] >= c.min_planes:
+        focal = line["peak"] - line["median"]
+        if abs(line["peak"] - c.herniated_mm) < near or (line["peak"] >= c.herniated_mm and abs(focal - c.focal_mm) < near) \
+                or (c.broad_mm is not None and abs(line["median"] - c.broad_mm) < near):
+            reasons.append("corner line near the threshold")
+        if evidence.get("corner_line_basis") != "two corners" and (present or line["peak"] >= c.herniated_mm - near):
+            reasons.append("one vertebral corner only: line along its body's posterior wall")
+    else:
+        reasons.append("no corner line (no vertebral body beside the disc on a sagittal plane): disc contour only")
+    if 0 < evidence.get("hernia_class_mm3", 0.0) < h.hernia_class_mm3 and not present:
+        reasons.append("a little hernia class, below the threshold")
+    return reasons
+
+
+def _corner_planes_hot(f: LevelFindings, cfg: HerniationConfig) -> list[CornerPlane]:
+    hot = [p for p in f.corner if p.beyond >= cfg.corner_line.herniated_mm]
+    return hot or ([max(f.corner, key=lambda p: p.beyond)] if f.corner else [])
+
+
+def _section_herniated(s: Section, h: dict, f: LevelFindings, grid: Grid, cfg: HerniationConfig) -> bool:
+    """A section of a herniated disc is herniated when its own contour protrudes (the hernia
+    class or disc beyond the endplate margin, ``min_area_mm2``) or, when the corner line decided,
+    when it crosses the part of the disc behind the line on the peak plane."""
+    if not h["present"]:
+        return False
+    if _herniated(s, grid, cfg):
+        return True
+    if h["decided_by"] == ["corner line"] and f.corner:
+        peak = max(f.corner, key=lambda p: p.beyond)
+        return peak.reach[0] - grid.px <= s.offset <= peak.reach[1] + grid.px
+    return False
+
+
+def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, config: FindingsConfig) -> dict:
+    cfg = config.herniation
+    evidence = herniation_evidence(f, grid)
+    present, decided_by = herniation_decision(evidence, cfg)
+    reasons = herniation_confidence(evidence, present, decided_by, config)
+    out = {"present": present, "decided_by": decided_by, "confidence": "low" if reasons else "high",
+           "confidence_reasons": reasons, "evidence": evidence}
+    if not present:
+        return out
+    if decided_by == ["corner line"]:
+        hot = _corner_planes_hot(f, cfg)
+        peak = max(hot, key=lambda p: p.beyond)
+        x = float(np.average([p.offset for p in hot], weights=[max(p.beyond, 1e-3) for p in hot]))
+        tops = peak.top
+        height = peak.reach[1] - peak.reach[0] + grid.px
+        pool, step = _volume_pool(f)
+        volume = sum(s.protrusion_area for s in pool) * grid.px**2 * step
+    else:
+        # Prefer resampled volume sections (finer along the normal) for the 3D description.
+        pool = [s for s in f.sections if s.slice is None and s.protrusion_area] or [s for s in f.sections if s.protrusion_area]
+        depth, tops = -np.inf, None
+        lateral, weights = [], []
+        for s in pool:
+            rows, cols = np.nonzero(s.protrusion)
+            lateral.append(grid.U[cols].mean())
+            weights.append(len(rows))
+            posterior = -grid.V[rows].min()
+            if posterior > depth:
+                depth = posterior
+                near = -grid.V[rows] >= posterior - 1.0  # ties of a flat top: their middle
+                tops = s.world(rows[near], cols[near], grid).mean(axis=0)
+        offsets = [s.offset for s in pool]
+        steps = np.diff(sorted({s.offset for s in f.sections if s.series == pool[0].series}))
+        step = float(np.median(steps)) if len(steps) else maps[pool[0].series].extent_along(f.disc.normal)
+        x = float(np.average(lateral, weights=weights))
+        height = float(max(offsets) - min(offsets) + step)
+        volume = sum(s.protrusion_area for s in pool) * grid.px**2 * step
     direction = "central" if abs(x) < cfg.central_mm else "paracentral" if abs(x) < cfg.paracentral_mm else "foraminal"
     top = {"mm": _r(tops), **_pixel(maps, f, tops, grid)}
-    return {
-        "present": True,
-        "evidence": "hernia class" if any((s.classes[s.protrusion] == HERNIA).any() for s in flagged) else "disc contour",
+    out.update({
         "direction": direction,
         "side": "none" if direction == "central" else ("right" if x > 0 else "left"),
         "lateral_offset_mm": round(x, 2),
         "top_point": top,
-        "height_mm": round(float(max(offsets) - min(offsets) + step), 2),
-        "beyond_endplate_mm": round(max(s.beyond for s in pool), 2),
-        "volume_mm3": round(sum(s.protrusion_area for s in pool) * grid.px**2 * step, 1),
-        "slices_herniated": sum(1 for s in f.sections if s.slice is not None and _herniated(s, grid, cfg)),
-    }
+        "height_mm": round(float(height), 2),
+        "beyond_endplate_mm": evidence["contour_protrusion_mm"],
+        "beyond_corner_line_mm": evidence["corner_line_mm"],
+        "volume_mm3": round(float(volume), 1),
+    })
+    out["slices_herniated"] = sum(1 for s in f.sections if s.slice is not None and _section_herniated(s, out, f, grid, cfg))
+    return out
 
 
 def _pixel(maps: list[LabelMap], f: LevelFindings, point: np.ndarray, grid: Grid) -> dict:
@@ -500,21 +787,87 @@ def level_summary(level: dict) -> str:
     parts = [f"disc {level['disc_volume_mm3'] / 1000:.1f} cm³"]
     sac = level["dural_sac"]
     if sac:
+        confidence = level.get("stenosis_confidence") or {}
+        low = f" (low confidence: {'; '.join(confidence['reasons'])})" if confidence.get("confidence") == "low" else ""
         parts.append(f"dural sac {sac['area_mm2']:.0f} mm² (AP {sac['ap_diameter_mm']:.1f} mm): "
-                     + ("no central stenosis" if level["stenosis"] == "none" else f"{level['stenosis']} central stenosis"))
+                     + ("no central stenosis" if level["stenosis"] == "none" else f"{level['stenosis']} central stenosis")
+                     + low)
     h = level["herniation"]
+    low = f" (low confidence: {'; '.join(h['confidence_reasons'])})" if h.get("confidence") == "low" else ""
     if h["present"]:
         where = h["direction"] + ("" if h["side"] == "none" else f" {h['side']}")
-        parts.append(f"{where} herniation, {h['height_mm']:.1f} mm high, {h['beyond_endplate_mm']:.1f} mm past the endplate margin")
+        if h.get("decided_by") == ["corner line"]:
+            how = f"{h['beyond_corner_line_mm']:.1f} mm behind the vertebral corner line"
+        else:
+            how = f"{h['beyond_endplate_mm']:.1f} mm past the endplate margin"
+        parts.append(f"{where} herniation, {h['height_mm']:.1f} mm high, {how}{low}")
     else:
-        parts.append("no herniation")
+        parts.append("no herniation" + low)
     return f"{name}: " + "; ".join(parts)
+
+
+def _sac_component_share(findings: Findings, sec: Section, components: dict) -> float | None:
+    """The share of the series' largest 3D dural sac component that the component measured at
+    ``sec`` holds (1.0: the main sac; a small share: a fragment). ``components`` caches the
+    labelling per series."""
+    m = findings.maps[sec.series]
+    if sec.series not in components:
+        labels, count = ndimage.label(m.classes == SAC)
+        components[sec.series] = (labels, np.bincount(labels.ravel()) if count else np.zeros(1, np.int64))
+    labels, sizes = components[sec.series]
+    if len(sizes) < 2 or sec.sac is None:
+        return None
+    rows, cols = np.nonzero(sec.sac)
+    inv = np.linalg.inv(m.affine)
+    ijk = np.rint(sec.world(rows, cols, findings.grid) @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < np.array(m.classes.shape)), axis=1)
+    ids = labels[tuple(ijk[inside].T)]
+    ids = ids[ids > 0]
+    if not len(ids):
+        return None
+    return float(sizes[np.bincount(ids).argmax()] / sizes[1:].max())
+
+
+def _stenosis_confidence(findings: Findings, level: dict, sec: Section | None, levels: list[dict], n: int,
+                         components: dict, cfg: FindingsConfig) -> dict | None:
+    """``confidence`` (``high``/``low``), the ``reasons`` for a low one and the ``evidence``
+    behind the stenosis grade of a level (None without a dural sac measurement). A grade other
+    than ``none`` measured on a sac fragment, a sac cut by the field of view, a sac in pieces or
+    a sac far smaller than the neighbouring levels' is low confidence, as is any grade where the
+    plane networks disagree much."""
+    sac = level["dural_sac"]
+    if sac is None or sec is None:
+        return None
+    c = cfg.confidence
+    share = _sac_component_share(findings, sec, components)
+    neighbours = [levels[k]["dural_sac"]["area_mm2"] for k in (n - 1, n + 1)
+                  if 0 <= k < len(levels) and levels[k]["dural_sac"]]
+    ratio = sac["area_mm2"] / float(np.median(neighbours)) if neighbours else None
+    evidence = {"area_mm2": sac["area_mm2"], "sac_component_share": None if share is None else round(share, 3),
+                "section_piece_share": round(sec.sac_share, 3), "cut_by_field_of_view": sec.sac_cut,
+                "neighbour_area_ratio": None if ratio is None else round(ratio, 3),
+                "plane_disagreement": level["plane_disagreement"]}
+    reasons = []
+    if level["stenosis"] != cfg.stenosis.above_all:  # an area under-measured can only make a grade too severe
+        if share is not None and share < c.sac_fragment_share:
+            reasons.append("sac fragment")
+        if sec.sac_cut:
+            reasons.append("sac cut by the field of view")
+        if sec.sac_share < c.sac_piece_share:
+            reasons.append("sac in pieces")
+        if ratio is not None and ratio < c.sac_neighbour_ratio:
+            reasons.append(f"sac area {ratio:.2f} of the neighbouring levels'")
+    if level["plane_disagreement"] is not None and level["plane_disagreement"] > c.plane_disagreement:
+        reasons.append(f"plane disagreement {level['plane_disagreement']:.2f}")
+    return {"confidence": "low" if reasons else "high", "reasons": reasons, "evidence": evidence}
 
 
 def findings_report(findings: Findings, config: FindingsConfig | None = None) -> dict:
     """The JSON-ready report of :func:`measure`'s findings (without study metadata)."""
     cfg = config or load_config()
-    levels_out = []
+    levels_out: list[dict] = []
+    centres: list[Section | None] = []
+    components: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for f in findings.discs:
         d = f.disc
         centre = _centre_section(f)
@@ -533,23 +886,31 @@ def findings_report(findings: Findings, config: FindingsConfig | None = None) ->
             "disc_volume_mm3": round(d.instance.volume_mm3, 1), "disc_height_mm": round(d.height, 2),
             "dural_sac": sac,
             "stenosis": stenosis_grade(sac["area_mm2"], cfg) if sac else None,
-            "herniation": _herniation(f, findings.maps, findings.grid, cfg.herniation),
+            "herniation": _herniation(f, findings.maps, findings.grid, cfg),
             "plane_disagreement": disagreement,
             "slices": [{
                 "series": s.series, "slice": s.slice, "offset_mm": round(s.offset, 2),
                 "point_mm": _r(s.point), "normal": [round(float(x), 4) for x in s.normal],
                 "dural_sac_area_mm2": round(s.sac_area, 1), "ap_diameter_mm": round(s.ap, 2),
-                "herniated": _herniated(s, findings.grid, cfg.herniation),
+                "herniated": False,
                 "protrusion_area_mm2": round(s.protrusion_area * findings.grid.px**2, 1),
             } for s in sorted(f.sections, key=lambda s: (s.series, s.offset))],
         }
-        level["summary"] = level_summary(level)
+        for s, row in zip(sorted(f.sections, key=lambda s: (s.series, s.offset)), level["slices"]):
+            row["herniated"] = _section_herniated(s, level["herniation"], f, findings.grid, cfg.herniation)
+        if disagreement is not None and disagreement > cfg.confidence.plane_disagreement:
+            level["herniation"]["confidence_reasons"].append(f"plane disagreement {disagreement:.2f}")
+            level["herniation"]["confidence"] = "low"
         levels_out.append(level)
+        centres.append(centre)
+    for n, (f, level, centre) in enumerate(zip(findings.discs, levels_out, centres)):
+        level["stenosis_confidence"] = _stenosis_confidence(findings, level, centre, levels_out, n, components, cfg)
+        level["summary"] = level_summary(level)
     lv = findings.levels
     naming = None
     if lv is not None:
         naming = {"anchor": lv.anchor, "confidence": lv.confidence, "notes": list(lv.notes),
-                  "series": findings.naming_series}
+                  "evidence": dict(lv.evidence), "series": findings.naming_series}
     whole = None
     named = [m for m in findings.maps if m.plane_classes]
     if named:

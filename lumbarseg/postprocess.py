@@ -14,7 +14,12 @@ every name and lost the top disc. Here levels come from anatomy, in patient spac
    (the lowest body as L5), with lower confidence;
 4. names go up from the anchor, skipping a level where the gap to the next disc is about twice
    the usual spacing (a disc not found); discs above T11-T12 stay unnamed;
-5. each body takes the name of the vertebra above the disc below it (L4 sits above L4-L5).
+5. each body takes the name of the vertebra above the disc below it (L4 sits above L4-L5);
+6. the anchor is checked against independent evidence (:func:`anchor_evidence`, reported as
+   ``naming.evidence``; names are not changed by it): the sacrum's shape (a wedge tapering
+   caudally and longer than a lumbar body, not a box like L5), the lowest disc's wedge angle
+   (L5-S1 is the most wedged disc) and the count of lumbar-shaped bodies above the anchor.
+   Evidence against the anchor lowers ``confidence`` and says why in ``notes``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Levels:
     confidence: float
     anchor: str  # "sacrum", "lowest disc" or "lowest body"
     notes: list[str] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)  # anchor_evidence(): what the anchor was checked against
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,16 @@ class PostprocessConfig:
 
     min_volume_mm3: dict[str, float]  # per tissue name; a tissue not named keeps every object
     max_sacrum_length_mm: float  # a longer "sacrum" is a segmentation error, not an anchor
+    anchor_checks: "AnchorChecks"
+
+
+@dataclass(frozen=True)
+class AnchorChecks:
+    """When the evidence speaks against the naming anchor (:func:`anchor_evidence`)."""
+
+    sacrum_min_length_ratio: float  # a sacrum at most this many lumbar body lengths long ...
+    sacrum_max_taper: float  # ... or tapering less than this (caudal / cranial depth) is box-shaped
+    lowest_disc_min_wedge_deg: float  # a lowest disc wedged less than this (and than the disc above) is not typical of L5-S1
 
 
 @functools.cache
@@ -225,7 +241,90 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: PostprocessConf
     if len(gaps) and (gaps.max() > 1.5 * np.median(gaps) or gaps.min() < 0.5 * np.median(gaps)):
         confidence *= 0.8
         notes.append("irregular disc spacing: a disc may be missing or split")
-    return Levels(discs, bodies, sacrum, round(confidence, 3), anchor, notes)
+    evidence = anchor_evidence(discs, bodies, sacrum if anchor == "sacrum" else None, affine, axis)
+    for why in _against_the_anchor(evidence, anchor, cfg.anchor_checks):
+        confidence *= 0.8
+        notes.append(why)
+    return Levels(discs, bodies, sacrum, round(confidence, 3), anchor, notes, evidence)
+
+
+def _depth_axis(axis: np.ndarray) -> np.ndarray:
+    """Patient anterior made perpendicular to the spine axis."""
+    a = np.array([0.0, 1.0, 0.0]) - axis[1] * axis
+    return a / np.linalg.norm(a) if np.linalg.norm(a) > 1e-3 else np.array([0.0, 0.0, 1.0])
+
+
+def _wedge_deg(disc: Instance, affine: np.ndarray, axis: np.ndarray) -> float | None:
+    """Angle (degrees) between a disc's endplates on its mid-sagittal section: the difference of
+    its height along the spine axis in its anterior and posterior thirds over their distance."""
+    points = np.argwhere(disc.mask) @ affine[:3, :3].T + affine[:3, 3]
+    depth_axis = _depth_axis(axis)
+    right = np.cross(depth_axis, axis)
+    lateral = (points - points.mean(axis=0)) @ right
+    mid = np.abs(lateral) < 5.0
+    points = points[mid] if mid.sum() > 20 else points
+    depth, along = points @ depth_axis, points @ axis
+    lo, hi = np.percentile(depth, [5, 95])
+    third = (hi - lo) / 3
+    if third <= 0:
+        return None
+    front, back = depth > hi - third, depth < lo + third
+    if front.sum() < 3 or back.sum() < 3:
+        return None
+    rise = np.ptp(along[front]) - np.ptp(along[back])
+    return float(np.degrees(np.arctan2(rise, float(np.mean(depth[front]) - np.mean(depth[back])))))
+
+
+def anchor_evidence(discs: list[Instance], bodies: list[Instance], sacrum: Instance | None,
+                    affine: np.ndarray, axis: np.ndarray) -> dict:
+    """What the naming anchor can be checked against, each independent of the count itself:
+
+    * ``sacrum_length_ratio``: the sacrum's length along the spine axis over the median lumbar
+      body's, and ``sacrum_taper``: its antero-posterior depth in its caudal third over its
+      cranial third (a sacrum is a long wedge; a "sacrum" that is really L5 is a box like the
+      bodies);
+    * ``lowest_disc_wedge_deg`` and ``next_disc_wedge_deg``: the lowest two discs' wedge angles
+      (L5-S1 is usually the most wedged lumbar disc);
+    * ``lumbar_bodies_above_anchor``: bodies named L1-L5.
+    """
+    out: dict = {"sacrum_length_ratio": None, "sacrum_taper": None, "lowest_disc_wedge_deg": None,
+                 "next_disc_wedge_deg": None,
+                 "lumbar_bodies_above_anchor": sum(b.name in ("L1", "L2", "L3", "L4", "L5") for b in bodies)}
+    if discs:
+        out["lowest_disc_wedge_deg"] = _round(_wedge_deg(discs[0], affine, axis))
+    if len(discs) > 1:
+        out["next_disc_wedge_deg"] = _round(_wedge_deg(discs[1], affine, axis))
+    if sacrum is not None and bodies:
+        lengths = [np.ptp(_span(b, affine, axis)) for b in bodies]
+        along = _span(sacrum, affine, axis)
+        out["sacrum_length_ratio"] = _round(float(np.ptp(along) / np.median(lengths)))
+        depth = (np.argwhere(sacrum.mask) @ affine[:3, :3].T + affine[:3, 3]) @ _depth_axis(axis)
+        lo, hi = along.min(), along.max()
+        third = (hi - lo) / 3
+        cranial, caudal = depth[along > hi - third], depth[along < lo + third]
+        if third > 0 and len(cranial) > 3 and len(caudal) > 3 and np.ptp(cranial) > 0:
+            out["sacrum_taper"] = _round(float(np.ptp(caudal) / np.ptp(cranial)))
+    return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def _against_the_anchor(evidence: dict, anchor: str, checks: AnchorChecks) -> list[str]:
+    """Notes for the evidence that speaks against the anchor (each lowers the confidence)."""
+    notes = []
+    if anchor == "sacrum":
+        ratio, taper = evidence["sacrum_length_ratio"], evidence["sacrum_taper"]
+        if ratio is not None and taper is not None and ratio <= checks.sacrum_min_length_ratio \
+                and taper >= checks.sacrum_max_taper:
+            notes.append(f"the 'sacrum' is box-shaped like a lumbar body (length {ratio:.2f} bodies, taper {taper:.2f}): "
+                         "it may be L5, every name one level too low")
+    low, nxt = evidence["lowest_disc_wedge_deg"], evidence["next_disc_wedge_deg"]
+    if low is not None and nxt is not None and low < checks.lowest_disc_min_wedge_deg and low < nxt:
+        notes.append(f"the lowest disc is wedged {low:.0f} degrees, less than the disc above it ({nxt:.0f}): "
+                     "not typical of L5-S1")
+    return notes
 
 
 def _carrying_a_body(candidates: list[Instance], discs: list[Instance], bodies: list[Instance]) -> list[Instance]:

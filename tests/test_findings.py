@@ -87,3 +87,21 @@ def test_evaluate_findings_bad_input_is_a_message(tmp_path, capsys):
                      "--source", "model", "--weights", str(tmp_path / "no_weights")])
     assert code == 2 and "model.json" in capsys.readouterr().err
 
+
+
+def test_the_per_level_table_marks_what_the_report_doubts():
+    """Each level beside its truth: a finding the report holds with low confidence says so, and
+    disagreement with the truth is shown whatever the confidence."""
+    from rich.console import Console
+
+    graded = {"set": "spider_t2_space", "subject": "57", "gradings": [
+        {"level": "L4-L5", "herniated": True, "by_order": False, "confidence": "low"},
+        {"level": "L3-L4", "herniated": False, "by_order": False, "confidence": "high"},
+        {"level": "L2-L3", "herniated": False, "by_order": None, "confidence": None}]}
+    console = Console(record=True, width=200)
+    findings._print_per_level(console, {"source": "model", "subjects": [graded]})
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines()
+            if line.count("│") > 3 and line.split("│")[1].strip().startswith("L")}
+    assert "no (low confidence)" in rows["L4-L5"] and "disagree" in rows["L4-L5"]
+    assert "low confidence" not in rows["L3-L4"] and "disagree" not in rows["L3-L4"]
+    assert "no disc found" in rows["L2-L3"]

@@ -36,7 +36,7 @@ def test_report_names_levels_and_finds_the_one_hernia(herniated):
     assert set(levels) == set(tissues.DISC_LEVELS)
     assert [lv for lv, f in levels.items() if f["herniation"]["present"]] == ["L4-L5"]
     found, truth = levels["L4-L5"]["herniation"], truth_of(study)["L4-L5"]["hernia"]
-    assert found["evidence"] == "hernia class"
+    assert found["decided_by"] == ["hernia class"] and found["evidence"]["hernia_class_mm3"] > 20
     assert (found["direction"], found["side"]) == (truth["direction"], truth["side"])
     assert np.linalg.norm(np.subtract(found["top_point"]["mm"], truth["top_point_mm"])) < 3.0
     assert abs(found["height_mm"] - truth["height_mm"]) < 2.5
@@ -54,15 +54,18 @@ def test_dural_sac_area_and_stenosis_grade_match_truth(herniated):
     assert "severe central stenosis" in by_level(report)["L2-L3"]["summary"]
 
 
-def test_disc_contour_finds_a_hernia_segmented_as_disc(herniated):
-    """A model that paints the hernia as disc: the disc reaching past the endplates gives it away."""
+def test_the_corner_line_finds_a_hernia_segmented_as_disc(herniated):
+    """A model that paints the hernia as disc: the disc reaching behind the line joining the
+    vertebral bodies' posterior corners gives it away; the contour rule's value is kept as evidence."""
     study, _ = herniated
     classes = tissue_target(study.primary.label, study.structures)
     classes[classes == measure.HERNIA] = measure.DISC
     report = measure.study_report(study, [classes], source="model")
     levels = by_level(report)
     assert [lv for lv, f in levels.items() if f["herniation"]["present"]] == ["L4-L5"]
-    assert levels["L4-L5"]["herniation"]["evidence"] == "disc contour"
+    h = levels["L4-L5"]["herniation"]
+    assert h["decided_by"] == ["corner line"] and h["evidence"]["hernia_class_mm3"] == 0
+    assert h["evidence"]["corner_line_mm"] >= 4.0 and h["evidence"]["contour_protrusion_mm"] > 2.0
 
 
 def _stack(labels_at, centre, axes, pixel, thickness, n=5, size=110.0) -> Series:
@@ -184,3 +187,117 @@ def test_extra_discs_in_the_mask_stay_unnamed_above_t11():
     for lv in named:
         assert np.linalg.norm(np.subtract(lv["centre_mm"], truth[lv["level"]])) < 5.0
     assert report["naming"]["anchor"] == "sacrum"
+
+
+# --- the posterior-corner-line rule and confidence, on a synthetic motion segment -----------------
+
+def _segment(bulge: str = "none", depth: float = 0.0, sac: str = "whole") -> Study:
+    """A straight motion segment on a 1 mm grid (identity axes: x right, y anterior, z superior):
+    vertebral bodies above and below a 10 mm disc, all 40 mm wide and 30 mm deep with their
+    posterior walls in line at y = -15, and a dural sac behind them. ``bulge``: the disc's back
+    reaching ``depth`` mm behind the corner line ``"broad"``ly (across its whole width and
+    height, a bulge) or ``"focal"``ly (3 mm wide at the midline, a herniation). ``sac``:
+    ``"whole"``, or ``"fragment"``: at the disc only a small piece cut off from the rest."""
+    shape = (70, 90, 90)
+    affine = np.eye(4)
+    affine[:3, 3] = [-35.0, -55.0, -45.0]
+    x, y, z = (np.arange(n) + o for n, o in zip(shape, affine[:3, 3]))
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    label = np.zeros(shape, np.uint8)
+    wide, deep = np.abs(X) <= 20, (Y >= -15) & (Y <= 15)
+    label[wide & deep & (Z > 5) & (Z <= 35)] = 2  # body above
+    label[wide & deep & (Z < -5) & (Z >= -35)] = 2  # body below
+    label[wide & deep & (np.abs(Z) <= 5)] = 1  # disc
+    if bulge == "broad":
+        label[wide & (Y < -15) & (Y >= -15 - depth) & (np.abs(Z) <= 5)] = 1
+    elif bulge == "focal":
+        label[(np.abs(X) <= 1) & (Y < -15) & (Y >= -15 - depth) & (np.abs(Z) <= 4)] = 1
+    canal = (np.abs(X) <= 8) & (Y >= -30) & (Y <= -15 - max(depth, 0) - 1)
+    if sac == "whole":
+        label[canal] = 3
+    else:
+        label[canal & (np.abs(Z) > 9)] = 3
+        label[(np.abs(X) <= 2) & (Y >= -25) & (Y <= -23) & (np.abs(Z) <= 6)] = 3
+    series = Series(np.zeros((1, *shape), np.float32), affine, ("t2w",), "vol", label)
+    return Study([series], {1: "disc", 2: "vertebral_body", 3: "dural_sac"}, subject="segment")
+
+
+def test_a_focal_reach_behind_the_corner_line_is_a_herniation_a_broad_one_a_bulge():
+    cfg = measure.load_config().herniation.corner_line
+    depth = cfg.herniated_mm + 1.0  # deep enough, focal enough on a narrow bump, shallower than a broad-based herniation
+    assert depth - 0.5 >= cfg.focal_mm and (cfg.broad_mm is None or depth < cfg.broad_mm)
+    (focal,) = measure.study_report(_segment("focal", depth))["levels"]
+    (broad,) = measure.study_report(_segment("broad", depth))["levels"]
+    (flat,) = measure.study_report(_segment())["levels"]
+    for level, reach in ((focal, depth), (broad, depth), (flat, 0.0)):
+        e = level["herniation"]["evidence"]
+        assert e["corner_line_basis"] == "two corners" and e["corner_line_planes"] >= cfg.min_planes
+        assert e["corner_line_mm"] == pytest.approx(reach, abs=1.01)
+        assert e["hernia_class_mm3"] == 0
+    assert focal["herniation"]["present"] and focal["herniation"]["decided_by"] == ["corner line"]
+    assert focal["herniation"]["direction"] == "central"
+    assert abs(focal["herniation"]["evidence"]["corner_line_offset_mm"]) <= 1
+    assert "behind the vertebral corner line" in focal["summary"]
+    assert not broad["herniation"]["present"]  # as deep, but everywhere: a bulge
+    assert broad["herniation"]["evidence"]["corner_line_median_mm"] == pytest.approx(depth, abs=1.01)
+    assert not flat["herniation"]["present"] and flat["herniation"]["confidence"] == "high"
+    # the same decision from the evidence alone (what scripts/tune_herniation.py sweeps)
+    h = measure.load_config().herniation
+    assert measure.herniation_decision(focal["herniation"]["evidence"], h) == (True, ["corner line"])
+    assert measure.herniation_decision(broad["herniation"]["evidence"], h) == (False, [])
+
+
+def test_a_reach_just_under_the_threshold_is_absent_with_low_confidence():
+    cfg = measure.load_config()
+    t = cfg.herniation.corner_line.herniated_mm
+    (level,) = measure.study_report(_segment())["levels"]
+    profile = level["herniation"]["evidence"]["corner_line_profile"]
+
+    def reaching(mm: float) -> dict:  # the mid-sagittal plane alone reaching ``mm`` behind the line
+        return {**level["herniation"]["evidence"], "corner_line_profile": [[o, mm if o == 0 else 0.0] for o, _ in profile]}
+
+    assert measure.herniation_decision(reaching(t - 0.5), cfg.herniation) == (False, [])
+    assert measure.herniation_confidence(reaching(t - 0.5), False, [], cfg) == ["corner line near the threshold"]
+    assert measure.herniation_confidence(reaching(t - 3.0), False, [], cfg) == []
+    assert measure.herniation_decision(reaching(t + 3.0), cfg.herniation) == (True, ["corner line"])
+    level["herniation"].update(present=False, confidence="low", confidence_reasons=["corner line near the threshold"])
+    assert "no herniation (low confidence: corner line near the threshold)" in measure.level_summary(level)
+
+
+def test_a_severe_stenosis_measured_on_a_sac_fragment_says_low_confidence():
+    (whole,) = measure.study_report(_segment())["levels"]
+    (piece,) = measure.study_report(_segment(sac="fragment"))["levels"]
+    assert whole["stenosis"] == "none" and whole["stenosis_confidence"]["confidence"] == "high"
+    assert whole["stenosis_confidence"]["evidence"]["sac_component_share"] == 1.0
+    assert piece["stenosis"] == "severe"
+    confidence = piece["stenosis_confidence"]
+    assert confidence["confidence"] == "low" and "sac fragment" in confidence["reasons"]
+    assert confidence["evidence"]["sac_component_share"] < 0.1
+    assert "severe central stenosis (low confidence: sac fragment" in piece["summary"]
+
+
+def test_a_sac_cut_by_the_field_of_view_is_low_confidence():
+    study = _segment()
+    series = study.primary
+    label = series.label[28:42].copy()  # a 14 mm wide sagittal stack, narrower than the sac
+    cut = Series(np.zeros((1, *label.shape), np.float32), series.affine @ _shift(28, 0, 0), ("t2w",), "vol", label)
+    (level,) = measure.study_report(Study([cut], study.structures))["levels"]
+    assert level["stenosis_confidence"]["evidence"]["cut_by_field_of_view"]
+    if level["stenosis"] != "none":
+        assert "sac cut by the field of view" in level["stenosis_confidence"]["reasons"]
+
+
+def _shift(i: int, j: int, k: int) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, 3] = [i, j, k]
+    return out
+
+
+def test_a_single_slice_study_is_a_report_not_an_exception():
+    study = _segment("focal", 6.0)
+    label = study.primary.label[35:36].copy()  # the mid-sagittal slice alone
+    one = Series(np.zeros((1, *label.shape), np.float32), study.primary.affine @ _shift(35, 0, 0), ("t2w",), "vol", label)
+    report = measure.study_report(Study([one], study.structures))
+    assert report["status"] in ("ok", "no_findings", "error")
+    assert report["status"] == "ok" or report["problems"]
+    assert json.loads(json.dumps(report)) == report

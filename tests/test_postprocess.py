@@ -13,14 +13,19 @@ DISC, BODY, SACRUM = postprocess.DISC, postprocess.BODY, postprocess.SACRUM
 BODY_MM, DISC_MM = 26, 10
 
 
-def column(discs_above_sacrum: int = 7, sacrum: bool = True, skip: tuple[int, ...] = (), affine=None):
-    """A straight synthetic spine along z (1 mm voxels): sacrum, then alternating disc / body
-    going up. Returns the class map, its affine and the true name of each disc, caudal first."""
+def column(discs_above_sacrum: int = 7, sacrum: bool = True, skip: tuple[int, ...] = (), affine=None,
+           box_sacrum: bool = False):
+    """A straight synthetic spine along z (1 mm voxels): sacrum (a wedge 30 mm long whose depth
+    along y tapers from 20 mm at its top to 8 mm; ``box_sacrum``: a 20 mm box like a body),
+    then alternating disc / body going up. Returns the class map, its affine and the true name
+    of each disc, caudal first."""
     height = 40 + discs_above_sacrum * (BODY_MM + DISC_MM) + 20
     classes = np.zeros((30, 30, height), np.uint8)
     z = 10
     if sacrum:
-        classes[5:25, 5:25, z : z + 30] = SACRUM
+        for k in range(30):
+            depth = 20 if box_sacrum else int(round(8 + 12 * k / 29))
+            classes[5:25, 25 - depth : 25, z + k] = SACRUM
     z += 30
     names = list(reversed(tissues.DISC_LEVELS)) + [None] * 5
     truth = []
@@ -92,6 +97,32 @@ def test_small_objects_go_and_label_map_names_levels():
     levels = postprocess.name_levels(cleaned, affine)
     labels = postprocess.study_label_map(cleaned, levels)
     assert {tissues.STUDY_LABELS[v] for v in np.unique(labels) if v} >= {*tissues.DISC_LEVELS, "L5", "T11", "sacrum"}
+
+
+def test_the_anchor_is_checked_against_the_sacrum_shape():
+    """A wedge-shaped sacrum anchors with high confidence; a box-shaped "sacrum" no longer than
+    a body (L5 taken for the sacrum) keeps the names but says so and lowers the confidence."""
+    wedge = postprocess.name_levels(*column()[:2])
+    box = postprocess.name_levels(*column(box_sacrum=True)[:2])
+    assert wedge.anchor == box.anchor == "sacrum" and names(wedge) == names(box)
+    assert wedge.evidence["sacrum_taper"] < 0.8 and wedge.confidence > 0.9
+    assert not any("box-shaped" in n for n in wedge.notes)
+    assert box.evidence["sacrum_taper"] >= 0.8 and box.evidence["sacrum_length_ratio"] < 1.4
+    assert any("box-shaped like a lumbar body" in n for n in box.notes) and box.confidence < wedge.confidence
+    assert wedge.evidence["lumbar_bodies_above_anchor"] == 5
+    assert wedge.evidence["lowest_disc_wedge_deg"] == pytest.approx(0.0, abs=1.0)  # box discs: no wedge
+
+
+def test_a_lowest_disc_less_wedged_than_the_next_is_noted():
+    classes, affine, _ = column()
+    lowest = np.argwhere(classes == DISC)[:, 2].min()
+    # wedge the second disc (anterior, high y, taller): bodies above it lose their front corner
+    second = sorted({int(z) for z in np.argwhere(classes == DISC)[:, 2]})[DISC_MM]
+    classes[6:24, 18:24, second + DISC_MM : second + DISC_MM + 3] = DISC
+    levels = postprocess.name_levels(classes, affine)
+    assert levels.evidence["next_disc_wedge_deg"] > 6 > levels.evidence["lowest_disc_wedge_deg"]
+    assert any("not typical of L5-S1" in n for n in levels.notes)
+    assert lowest < second
 
 
 def test_empty_map_gives_no_levels_not_a_crash():
