@@ -117,7 +117,7 @@ def _canal_front(canal_xyz: np.ndarray, points: np.ndarray) -> np.ndarray:
     return wall
 
 
-def _discs_from_caudal(report: dict) -> list[dict]:
+def discs_from_caudal(report: dict) -> list[dict]:
     """The report's discs, lowest first (by the disc centre's height in patient space)."""
     return sorted(report["levels"], key=lambda level: level["centre_mm"][2])
 
@@ -126,7 +126,7 @@ def score_gradings(report: dict, graded: list[DiscGrading]) -> list[dict]:
     """One row per graded disc: the radiologist's herniation and the report's, the report's disc
     found by name and by order from the caudal end (None where the report has no such disc)."""
     by_name = {level["level"]: level for level in report["levels"] if level["level"]}
-    ordered = _discs_from_caudal(report)
+    ordered = discs_from_caudal(report)
     rows = []
     for g in graded:
         named = by_name.get(g.level)

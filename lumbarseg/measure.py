@@ -221,10 +221,6 @@ class LevelFindings:
 
 # --- geometry -----------------------------------------------------------------------------------
 
-def _points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
-
-
 def in_plane_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Anterior ``v`` (patient +y projected into the plane) and right ``u = v x n``."""
     v = np.array([0.0, 1.0, 0.0]) - normal[1] * normal
@@ -235,7 +231,7 @@ def in_plane_frame(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def disc_frame(inst: postprocess.Instance, affine: np.ndarray) -> Disc:
-    points = _points(inst.mask, affine)
+    points = postprocess.world_points(inst.mask, affine)
     centre = points.mean(axis=0)
     normal = postprocess.slab_normal(inst.mask, affine)
     v, u = in_plane_frame(normal)
@@ -619,14 +615,20 @@ def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Gri
 
 # --- per-disc findings ------------------------------------------------------------------------------
 
+def _normal_step(f: LevelFindings, series: int) -> float | None:
+    """The spacing along the disc normal of the disc's sections from ``series`` (None: one section)."""
+    steps = np.diff(sorted({s.offset for s in f.sections if s.series == series}))
+    return float(np.median(steps)) if len(steps) else None
+
+
 def _volume_pool(f: LevelFindings) -> tuple[list[Section], float]:
     """The sections a 3D quantity is summed over (resampled volume planes when there are any,
     finer along the normal, else acquired slices) and their spacing along the disc normal."""
     pool = [s for s in f.sections if s.slice is None] or list(f.sections)
     if not pool:
         return [], 0.0
-    steps = np.diff(sorted({s.offset for s in pool if s.series == pool[0].series}))
-    return pool, float(np.median(steps)) if len(steps) else 1.0
+    step = _normal_step(f, pool[0].series)
+    return pool, 1.0 if step is None else step
 
 
 def herniation_evidence(f: LevelFindings, grid: Grid) -> dict:
@@ -645,13 +647,23 @@ def herniation_evidence(f: LevelFindings, grid: Grid) -> dict:
     }
 
 
-def herniation_confidence(evidence: dict, present: bool, decided_by: list[str], cfg: FindingsConfig) -> list[str]:
-    """Why a herniation call (present or absent) is uncertain; no reason: confidence high."""
+def herniation_confidence(evidence: dict, present: bool, decided_by: list[str], cfg: FindingsConfig,
+                          plane_disagreement: float | None = None) -> list[str]:
+    """Why a herniation call (present or absent) is uncertain; no reason: confidence high.
+    ``plane_disagreement``: the level's, when the plane networks' maps are known."""
+    reasons = []
+    if decided_by != ["hernia class"]:
+        reasons += _rule_doubts(evidence, present, cfg)
+    if plane_disagreement is not None and plane_disagreement > cfg.confidence.plane_disagreement:
+        reasons.append(f"plane disagreement {plane_disagreement:.2f}")
+    return reasons
+
+
+def _rule_doubts(evidence: dict, present: bool, cfg: FindingsConfig) -> list[str]:
+    """The doubts about a call the corner line or the disc contour made."""
     h, c = cfg.herniation, cfg.herniation.corner_line
     near = cfg.confidence.herniation_margin_mm
     reasons = []
-    if decided_by == ["hernia class"]:
-        return reasons
     line = corner_profile_summary(evidence.get("corner_line_profile"), c.lateral_mm)
     if line is not None and line["planes"] >= c.min_planes:
         focal = line["peak"] - line["median"]
@@ -686,11 +698,12 @@ def _section_herniated(s: Section, h: dict, f: LevelFindings, grid: Grid, cfg: H
     return False
 
 
-def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, config: FindingsConfig) -> dict:
+def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, config: FindingsConfig,
+                disagreement: float | None) -> dict:
     cfg = config.herniation
     evidence = herniation_evidence(f, grid)
     present, decided_by = herniation_decision(evidence, cfg)
-    reasons = herniation_confidence(evidence, present, decided_by, config)
+    reasons = herniation_confidence(evidence, present, decided_by, config, disagreement)
     out = {"present": present, "decided_by": decided_by, "confidence": "low" if reasons else "high",
            "confidence_reasons": reasons, "evidence": evidence}
     if not present:
@@ -718,8 +731,9 @@ def _herniation(f: LevelFindings, maps: list[LabelMap], grid: Grid, config: Find
                 near = -grid.V[rows] >= posterior - 1.0  # ties of a flat top: their middle
                 tops = s.world(rows[near], cols[near], grid).mean(axis=0)
         offsets = [s.offset for s in pool]
-        steps = np.diff(sorted({s.offset for s in f.sections if s.series == pool[0].series}))
-        step = float(np.median(steps)) if len(steps) else maps[pool[0].series].extent_along(f.disc.normal)
+        step = _normal_step(f, pool[0].series)
+        if step is None:  # one acquired slice: its thickness along the normal
+            step = maps[pool[0].series].extent_along(f.disc.normal)
         x = float(np.average(lateral, weights=weights))
         height = float(max(offsets) - min(offsets) + step)
         volume = sum(s.protrusion_area for s in pool) * grid.px**2 * step
@@ -880,27 +894,23 @@ def findings_report(findings: Findings, config: FindingsConfig | None = None) ->
         disagreement = None
         if naming_map is not None and naming_map.plane_classes:
             disagreement = _disagreement(naming_map.plane_classes, _box(d.instance.mask))
+        herniation = _herniation(f, findings.maps, findings.grid, cfg, disagreement)
         level = {
             "level": d.instance.name,
             "centre_mm": _r(d.centre), "normal": [round(float(x), 4) for x in d.normal],
             "disc_volume_mm3": round(d.instance.volume_mm3, 1), "disc_height_mm": round(d.height, 2),
             "dural_sac": sac,
             "stenosis": stenosis_grade(sac["area_mm2"], cfg) if sac else None,
-            "herniation": _herniation(f, findings.maps, findings.grid, cfg),
+            "herniation": herniation,
             "plane_disagreement": disagreement,
             "slices": [{
                 "series": s.series, "slice": s.slice, "offset_mm": round(s.offset, 2),
                 "point_mm": _r(s.point), "normal": [round(float(x), 4) for x in s.normal],
                 "dural_sac_area_mm2": round(s.sac_area, 1), "ap_diameter_mm": round(s.ap, 2),
-                "herniated": False,
+                "herniated": _section_herniated(s, herniation, f, findings.grid, cfg.herniation),
                 "protrusion_area_mm2": round(s.protrusion_area * findings.grid.px**2, 1),
             } for s in sorted(f.sections, key=lambda s: (s.series, s.offset))],
         }
-        for s, row in zip(sorted(f.sections, key=lambda s: (s.series, s.offset)), level["slices"]):
-            row["herniated"] = _section_herniated(s, level["herniation"], f, findings.grid, cfg.herniation)
-        if disagreement is not None and disagreement > cfg.confidence.plane_disagreement:
-            level["herniation"]["confidence_reasons"].append(f"plane disagreement {disagreement:.2f}")
-            level["herniation"]["confidence"] = "low"
         levels_out.append(level)
         centres.append(centre)
     for n, (f, level, centre) in enumerate(zip(findings.discs, levels_out, centres)):

@@ -131,9 +131,14 @@ def slab_normal(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return normal if normal[2] >= 0 else -normal
 
 
+def world_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Patient-space positions (mm), one row per voxel of ``mask``."""
+    return np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+
+
 def _span(inst: Instance, affine: np.ndarray, axis: np.ndarray) -> np.ndarray:
     """Positions (mm along the spine axis) of an instance's voxels."""
-    return (np.argwhere(inst.mask) @ affine[:3, :3].T + affine[:3, 3]) @ axis
+    return world_points(inst.mask, affine) @ axis
 
 
 def _regularise(items: list[Instance], affine: np.ndarray, axis: np.ndarray, notes: list[str],
@@ -257,7 +262,7 @@ def _depth_axis(axis: np.ndarray) -> np.ndarray:
 def _wedge_deg(disc: Instance, affine: np.ndarray, axis: np.ndarray) -> float | None:
     """Angle (degrees) between a disc's endplates on its mid-sagittal section: the difference of
     its height along the spine axis in its anterior and posterior thirds over their distance."""
-    points = np.argwhere(disc.mask) @ affine[:3, :3].T + affine[:3, 3]
+    points = world_points(disc.mask, affine)
     depth_axis = _depth_axis(axis)
     right = np.cross(depth_axis, axis)
     lateral = (points - points.mean(axis=0)) @ right
@@ -298,7 +303,7 @@ def anchor_evidence(discs: list[Instance], bodies: list[Instance], sacrum: Insta
         lengths = [np.ptp(_span(b, affine, axis)) for b in bodies]
         along = _span(sacrum, affine, axis)
         out["sacrum_length_ratio"] = _round(float(np.ptp(along) / np.median(lengths)))
-        depth = (np.argwhere(sacrum.mask) @ affine[:3, :3].T + affine[:3, 3]) @ _depth_axis(axis)
+        depth = world_points(sacrum.mask, affine) @ _depth_axis(axis)
         lo, hi = along.min(), along.max()
         third = (hi - lo) / 3
         cranial, caudal = depth[along > hi - third], depth[along < lo + third]

@@ -102,7 +102,7 @@ def disc_rows(source: str, data: Path, weights: Path | None, cache: Path | None,
             classes, planes = model_classes(entry, study, weights, cache, segmenter)
         single = Study([study.primary], study.structures, study.subject, study.set, study.source)
         report = measure.study_report(single, [classes], plane_classes=[planes or None], source=source, config=config)
-        ordered = sorted(report["levels"], key=lambda level: level["centre_mm"][2])
+        ordered = gradings.discs_from_caudal(report)
         for g in graded.get(entry.subject, []):
             level = ordered[g.from_caudal - 1] if g.from_caudal <= len(ordered) else None
             rows.append({"subject": entry.subject, "from_caudal": g.from_caudal, "level": g.level,
