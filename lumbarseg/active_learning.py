@@ -5,23 +5,39 @@ The pool is the ``train`` and ``fusion`` groups of the split (sets the split doe
 pool too); the ``holdout`` group is never picked and is where every round is evaluated. A
 seeded draw of ``initial`` pool studies starts labelled (the same draw for every strategy).
 Round 0 trains a model on them: from scratch with the round preset, or fine-tuning
-``init_weights``. Each later round scores the unlabelled pool with the current model, picks
-the ``per_round`` best by the strategy, reveals their labels, fine-tunes the current model on
-all labelled studies (the way the MONAI Label app's train task fine-tunes the served model),
-and evaluates on the holdout: mean Dice per class over holdout studies (``disc``,
-``vertebral_body`` and their mean are what the curves show).
+``init_weights``. Each later round scores the unlabelled pool (or a seeded sample of
+``candidates`` of it) with the current model, picks the ``per_round`` best by the strategy,
+reveals their labels, fine-tunes the current model on all labelled studies (the way the MONAI
+Label app's train task fine-tunes the served model) and evaluates on the holdout: Dice per
+class over holdout studies that annotate it (``disc``, ``vertebral_body``, ``dural_sac`` and
+their mean are what the curves show), per study, and per set and class.
 
-Strategies:
+Fine-tuning must not forget (issue 15): a later round fine-tunes with its own preset
+(``finetune_preset``, default ``al_finetune``: a lower learning rate than from-scratch
+training, slices centred on a voxel of a class the study labels, fusion patches drawn set by
+set) on every labelled study (replay), and the fusion group holds a study of every set with
+at least two labelled (:func:`round_split`), so no class is left to the fusion's drift.
+:func:`forgotten` flags, in the curve (``forgotten``) and the log, a class whose holdout Dice
+falls from above :data:`HAD` to below :data:`LOST` between consecutive rounds.
 
-* ``disagreement``: :func:`lumbarseg.disagreement.score` of each study (the definition the
-  app serves), highest first: the app's ``disagreement`` strategy, K at a time;
+Strategies (:data:`STRATEGIES`; each scores with the previous round's model):
+
 * ``random``: a seeded uniform draw;
+* ``disagreement``: :func:`lumbarseg.disagreement.score` (``class_rate``, the definition the
+  app serves), highest first: the app's ``disagreement`` strategy, K at a time;
+* ``disagreement_level``: :func:`lumbarseg.disagreement.class_level`: per-class rates, discs
+  and dural sac weighted above the rest, averaged with the worst disc level;
+* ``disagreement_error``: :func:`lumbarseg.disagreement.error_weighted`: per-class rates
+  weighted by each class's held-out error (1 - Dice) in the previous round;
+* ``disagreement_diverse``: ``class_rate``, picked greedily with a penalty for a candidate of
+  the same set whose per-class profile is close to one already picked this round or labelled
+  (:func:`choose_diverse`);
 * ``epistemic``: MC-dropout entropy (:func:`epistemic_entropy`). MONAI Label's own
   ``EpistemicScoring`` cannot score these models: it runs one MONAI 3D network by sliding-window
   inference, whereas a study here goes through three 2D plane networks and the 3D fusion.
 
-Labelled studies train the planes, except every 4th (at least one), which goes to the
-``fusion`` group: the fusion learns on out-of-fold plane predictions, as in full training.
+Labelled studies train the planes, except those :func:`round_split` puts in the ``fusion``
+group: the fusion learns on out-of-fold plane predictions, as in full training.
 """
 
 from __future__ import annotations
@@ -37,20 +53,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from lumbarseg import disagreement
+from lumbarseg import disagreement, tissues
 from lumbarseg.evaluation import study_dice
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Study, StudyError
 from lumbarseg.pipeline import Segmenter, segment_series
 from lumbarseg.training import GROUPS, UNSEEN, TrainingPreset, group_of, load_split, train
 
-STRATEGIES = ("disagreement", "random", "epistemic")
-REPORTED = ("disc", "vertebral_body")  # the classes the real sets label; "mean" is their mean
+STRATEGIES = ("random", "disagreement", "disagreement_level", "disagreement_error", "disagreement_diverse",
+              "epistemic")
+# The classes the real sets label (SPIDER's spinal canal is the dural sac); "mean" is their mean.
+REPORTED = ("disc", "vertebral_body", "dural_sac")
+HAD, LOST = 0.05, 0.02  # a class "forgotten": holdout Dice above HAD in a round, below LOST in the next
+DIVERSITY = 0.5  # disagreement_diverse: penalty (in rank-score units) for a near-identical study
+PROFILE_SCALE = 0.2  # profiles this far apart (Euclidean, per-class rates) count as different
 log = logging.getLogger("lumbarseg.al")
 
 
 class ActiveLearningError(ValueError):
     """Bad simulation settings (strategy, sizes)."""
+
+
+def forgotten(previous: dict[str, float], current: dict[str, float]) -> list[str]:
+    """Classes (not ``mean``) whose holdout Dice was above :data:`HAD` in ``previous`` and is
+    below :data:`LOST` (or gone) in ``current``: the round lost them, a bug of the round."""
+    return sorted(c for c, d in previous.items()
+                  if c != "mean" and d > HAD and not current.get(c, 0.0) >= LOST)
+
+
+def by_set(per_study: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean Dice per class within each set of ``per_study`` (keys ``set/subject``)."""
+    sets: dict[str, list[dict[str, float]]] = {}
+    for key, dice in per_study.items():
+        sets.setdefault(key.split("/")[0], []).append(dice)
+    return {name: {c: float(np.mean([d[c] for d in rows if c in d])) for c in sorted({c for d in rows for c in d})}
+            for name, rows in sorted(sets.items())}
 
 
 def summarise(per_study: list[dict[str, float]]) -> dict[str, float]:
@@ -104,17 +141,63 @@ def epistemic_entropy(segmenter: Segmenter, series, samples: int = 8, seed: int 
 
 
 def choose(strategy: str, candidates: list[str], k: int, scores: dict[str, float] | None,
-           rng: np.random.Generator) -> list[str]:
-    """The ``k`` studies to label next: highest score first (ties by name), or a seeded draw."""
+           rng: np.random.Generator, profiles: dict[str, dict[str, float]] | None = None,
+           labelled: list[str] = ()) -> list[str]:
+    """The ``k`` studies to label next: a seeded draw (``random``), greedy with a diversity
+    penalty (``disagreement_diverse``, :func:`choose_diverse`), else highest score first (ties
+    by name)."""
     if strategy == "random":
         return [candidates[i] for i in sorted(rng.choice(len(candidates), size=k, replace=False))]
+    if strategy == "disagreement_diverse":
+        return choose_diverse(candidates, k, scores, profiles or {}, labelled)
     return sorted(candidates, key=lambda key: (-scores[key], key))[:k]
 
 
+def similarity(a: str, b: str, profiles: dict[str, dict[str, float]]) -> float:
+    """How near-identical two studies look to the model, 0..1: 0 across sets; within a set,
+    1 - (distance of their per-class disagreement profiles) / :data:`PROFILE_SCALE`, at least 0."""
+    if a.split("/")[0] != b.split("/")[0]:
+        return 0.0
+    pa, pb = profiles.get(a, {}), profiles.get(b, {})
+    distance = float(np.sqrt(sum((pa.get(c, 0.0) - pb.get(c, 0.0)) ** 2 for c in {*pa, *pb})))
+    return max(0.0, 1.0 - distance / PROFILE_SCALE)
+
+
+def choose_diverse(candidates: list[str], k: int, scores: dict[str, float],
+                   profiles: dict[str, dict[str, float]], labelled: list[str] = ()) -> list[str]:
+    """Greedy picks by rank score (the best candidate 1, the worst 0) minus :data:`DIVERSITY`
+    times the candidate's highest :func:`similarity` to a study picked before it this round or
+    already labelled: of two near-identical studies of one set, the second waits."""
+    order = sorted(candidates, key=lambda key: (-scores[key], key))
+    rank = {key: 1.0 - i / max(1, len(order) - 1) for i, key in enumerate(order)}
+    picked: list[str] = []
+    for _ in range(k):
+        def value(key: str) -> float:
+            near = max((similarity(key, other, profiles) for other in (*picked, *labelled)), default=0.0)
+            return rank[key] - DIVERSITY * near
+        best = max((c for c in order if c not in picked), key=lambda key: (value(key), rank[key]))
+        picked.append(best)
+    return picked
+
+
+def fusion_group(labelled: list[str]) -> set[str]:
+    """Which labelled studies the fusion learns on (set-aware, so it sees every set's classes):
+    within each set, every 4th of its labelled studies in labelling order, and of a set with at
+    least two labelled and none of them picked so, its last; when no set has two, the last
+    labelled study. A set's only labelled study stays with the planes, which need it more."""
+    sets: dict[str, list[str]] = {}
+    for key in labelled:
+        sets.setdefault(key.split("/")[0], []).append(key)
+    fusion = set()
+    for keys in sets.values():
+        fusion |= set(keys[3::4]) or ({keys[-1]} if len(keys) >= 2 else set())
+    return fusion or {labelled[-1]}
+
+
 def round_split(entries: list[manifest.ManifestEntry], labelled: list[str]) -> dict:
-    """Training groups for a round: labelled studies train the planes, every 4th (at least one)
-    the fusion; every other study (unlabelled pool, holdout) is ``holdout``, i.e. unread."""
-    fusion = set(labelled[3::4]) or {labelled[-1]}
+    """Training groups for a round: labelled studies train the planes, :func:`fusion_group` the
+    fusion; every other study (unlabelled pool, holdout) is ``holdout``, i.e. unread."""
+    fusion = fusion_group(labelled)
     split: dict[str, dict[str, list[str]]] = {}
     for e in entries:
         group = "holdout" if e.key not in labelled else "fusion" if e.key in fusion else "train"
@@ -134,16 +217,68 @@ def _run_name(r: int, preset: TrainingPreset, init: Path | None, labelled: list[
     return f"round_{r}_{hashlib.sha256(what.encode()).hexdigest()[:10]}"
 
 
+def score_candidates(strategy: str, segmenter: Segmenter, candidates: list[str], series_of, *,
+                     errors: dict[str, float] | None = None, mc_samples: int = 8,
+                     seed: int = 0) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Scores of ``candidates`` (keys; ``series_of(key)``: the study's primary series) under a
+    strategy, and per study its per-class disagreement profile (``disagreement_diverse`` only).
+    A study where the model finds no tissue scores 0, as the app's scoring stores it."""
+    scores: dict[str, float] = {}
+    profiles: dict[str, dict[str, float]] = {}
+    for key in candidates:
+        if strategy == "epistemic":
+            scores[key] = epistemic_entropy(segmenter, series_of(key), mc_samples, seed) or 0.0
+            continue
+        segmentation = segmenter.segment(series_of(key))
+        if strategy == "disagreement_level":
+            value = disagreement.class_level(segmentation)
+        elif strategy == "disagreement_error":
+            value = disagreement.error_weighted(segmentation, errors or {})
+        else:  # disagreement, disagreement_diverse
+            value = disagreement.class_rate(segmentation.plane_classes)
+            if strategy == "disagreement_diverse":
+                profiles[key] = disagreement.class_rates(segmentation.plane_classes)
+        scores[key] = value or 0.0
+    return scores, profiles
+
+
+def holdout_errors(dice: dict[str, float]) -> dict[str, float]:
+    """``disagreement_error``'s class weights: 1 - holdout Dice of each scored tissue class."""
+    return {c: 1.0 - d for c, d in dice.items() if c in tissues.TISSUE_NAMES and np.isfinite(d)}
+
+
+def _holdout_dice(path: Path, segmenter: Segmenter, holdout: list[manifest.ManifestEntry], study) -> dict:
+    """Dice per class of every holdout study, stored in the round's folder (``path``): a
+    round's model is fixed by its folder name (:func:`_run_name`), so the strategies sharing a
+    round 0, and a rerun, evaluate it once."""
+    keys = [e.key for e in holdout]
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if set(stored) == set(keys):
+            return {k: stored[k] for k in keys}
+    per_study = {k: study_dice(segmenter.segment(study(k).primary).classes, study(k)) for k in keys}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(per_study))
+    tmp.replace(path)
+    return per_study
+
+
 def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, work: Path, *,
-             initial: int = 3, preset: str = "al_round", init_weights: Path | None = None, seed: int = 0,
-             mc_samples: int = 8, split: dict | None = None) -> dict:
-    """Run the simulation; returns the curve (see :func:`save_curve`). Round models go to
-    ``work/round_<r>_<hash>/`` (see :func:`_run_name`)."""
+             initial: int = 3, preset: str = "al_round", finetune_preset: str = "al_finetune",
+             init_weights: Path | None = None, seed: int = 0, mc_samples: int = 8,
+             candidates: int | None = None, split: dict | None = None) -> dict:
+    """Run the simulation; returns the curve (see :func:`save_curve`). Round 0 trains with
+    ``preset`` (``finetune_preset`` when it starts from ``init_weights``), later rounds
+    fine-tune with ``finetune_preset``; ``candidates``: score only a seeded sample of this many
+    unlabelled studies per round (None: all). Round models go to ``work/round_<r>_<hash>/``
+    (see :func:`_run_name`)."""
     if strategy not in STRATEGIES:
         raise ActiveLearningError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     if rounds < 0 or per_round < 1 or initial < 2:
         raise ActiveLearningError(f"need rounds >= 0, per-round >= 1 and initial >= 2 (one study trains the "
                                   f"planes, one the fusion); got {rounds}, {per_round}, {initial}")
+    if candidates is not None and candidates < per_round:
+        raise ActiveLearningError(f"--candidates {candidates} is fewer than the {per_round} studies a round picks")
     split = load_split() if split is None else split
     entries = [e for d in data_dirs for e in manifest.read_manifest(d) if e.label is not None]
     pool = sorted(e.key for e in entries if group_of(e, split) in ("train", "fusion"))
@@ -163,48 +298,60 @@ def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, 
             studies[key] = manifest.load_entry(by_key[key])
         return studies[key]
 
-    round_preset = TrainingPreset.load(preset)
+    presets = {"first": TrainingPreset.load(finetune_preset if init_weights else preset),
+               "later": TrainingPreset.load(finetune_preset)}
     work.mkdir(parents=True, exist_ok=True)
     (work / "cache").mkdir(exist_ok=True)
     labelled = [pool[i] for i in sorted(np.random.default_rng([seed, 0]).choice(len(pool), initial, replace=False))]
     curve = {"strategy": strategy, "data": [str(d) for d in data_dirs], "preset": preset,
+             "finetune_preset": finetune_preset,
              "init_weights": None if init_weights is None else str(init_weights), "seed": seed,
-             "initial": initial, "per_round": per_round, "pool_size": len(pool),
-             "holdout": [e.key for e in holdout], "rounds": []}
+             "initial": initial, "per_round": per_round, "pool_size": len(pool), "candidates": candidates,
+             "holdout": [e.key for e in holdout], "rounds": [], "forgotten": []}
     if strategy == "epistemic":
         curve["mc_samples"] = mc_samples
-    if strategy == "disagreement":
-        curve["definition"] = disagreement.DEFINITION
-    model, chosen, scores = init_weights, list(labelled), None
+    if strategy.startswith("disagreement"):
+        curve["definition"] = {"disagreement": disagreement.DEFINITION, "disagreement_diverse": "class_rate",
+                               "disagreement_level": "class_level",
+                               "disagreement_error": "error_weighted"}[strategy]
+    model, chosen, scores, dice = init_weights, list(labelled), None, {}
     for r in range(rounds + 1):
         began = time.perf_counter()
         if r:
-            # Scored by the previous round's model; a study where it finds no tissue scores 0, as
-            # the app's plane_disagreement scoring stores it.
-            candidates = [k for k in pool if k not in labelled]
-            if strategy == "disagreement":
-                scores = {k: disagreement.score(segmenter.segment(study(k).primary)) or 0.0 for k in candidates}
-            elif strategy == "epistemic":
-                scores = {k: epistemic_entropy(segmenter, study(k).primary, mc_samples, seed) or 0.0
-                          for k in candidates}
-            chosen = choose(strategy, candidates, per_round, scores, np.random.default_rng([seed, 1, r]))
+            unlabelled = [k for k in pool if k not in labelled]
+            if candidates is not None and candidates < len(unlabelled):
+                draw = np.random.default_rng([seed, 2, r]).choice(len(unlabelled), candidates, replace=False)
+                unlabelled = [unlabelled[i] for i in sorted(draw)]
+            scores, profiles = (None, None) if strategy == "random" else score_candidates(
+                strategy, segmenter, unlabelled, lambda k: study(k).primary, errors=holdout_errors(dice),
+                mc_samples=mc_samples, seed=seed)
+            chosen = choose(strategy, unlabelled, per_round, scores, np.random.default_rng([seed, 1, r]),
+                            profiles, labelled)
             labelled += chosen
+        round_preset = presets["later" if r else "first"]
         out = work / _run_name(r, round_preset, model, labelled)
         if not (out / "cache").exists():
             out.mkdir(parents=True, exist_ok=True)
             (out / "cache").symlink_to((work / "cache").resolve(), target_is_directory=True)
         model = train(round_preset, data_dirs, out, init=model, split=round_split(entries, labelled))
         segmenter = Segmenter.load(model)
-        per_study = {e.key: study_dice(segmenter.segment(study(e.key).primary).classes, study(e.key)) for e in holdout}
-        dice = summarise(list(per_study.values()))
+        per_study = _holdout_dice(out / "holdout_dice.json", segmenter, holdout, study)
+        previous, dice = dice, summarise(list(per_study.values()))
+        lost = forgotten(previous, dice) if r else []
         curve["rounds"].append({
             "round": r, "n_labelled": len(labelled), "chosen": chosen, "model": str(model),
+            "preset": finetune_preset if r or init_weights else preset, "fusion_group": sorted(fusion_group(labelled)),
             "scores": None if scores is None else {k: round(v, 5) for k, v in sorted(scores.items())},
-            "dice": dice, "holdout_dice": per_study, "seconds": round(time.perf_counter() - began, 1),
+            "dice": dice, "dice_by_set": by_set(per_study), "holdout_dice": per_study, "forgotten": lost,
+            "seconds": round(time.perf_counter() - began, 1),
         })
-        log.info("%s round %d/%d: %d labelled (+%s)  holdout Dice %s  (%.0f s)", strategy, r, rounds,
+        curve["forgotten"] += [{"round": r, "class": c, "before": previous[c], "after": dice.get(c)} for c in lost]
+        log.info("%s seed %d round %d/%d: %d labelled (+%s)  holdout Dice %s  (%.0f s)", strategy, seed, r, rounds,
                  len(labelled), ", ".join(chosen), " ".join(f"{c}={dice[c]:.3f}" for c in (*REPORTED, "mean")
                                                              if c in dice), curve["rounds"][-1]["seconds"])
+        for c in lost:
+            log.warning("FORGOTTEN: %s seed %d round %d lost %s: holdout Dice %.3f -> %.3f", strategy, seed, r, c,
+                        previous[c], dice.get(c, 0.0))
     return curve
 
 
@@ -241,7 +388,7 @@ def mean_curves(curves: list[dict], cls: str = "mean") -> dict[str, dict]:
         dice = np.array([[r["dice"].get(cls, np.nan) for r in c["rounds"]] for c in group])
         out[strategy] = {"n_labelled": counts[0], "dice": dice.mean(axis=0).tolist(),
                          "min": dice.min(axis=0).tolist(), "max": dice.max(axis=0).tolist(),
-                         "seeds": sorted(c["seed"] for c in group)}
+                         "sd": dice.std(axis=0).tolist(), "seeds": sorted(c["seed"] for c in group)}
     return out
 
 
@@ -286,6 +433,38 @@ def label_ratio(curves: list[dict], strategy: str = "disagreement", baseline: st
             "curves": means}
 
 
+def below_by_more_than_spread(curves: list[dict], strategy: str, other: str = "epistemic",
+                              cls: str = "mean") -> list[int]:
+    """Labelled-study counts at which ``strategy``'s seed-mean ``cls`` Dice is below ``other``'s
+    by more than the seeds' spread (the larger of the two standard deviations over seeds)."""
+    means = mean_curves(curves, cls)
+    a, b = means[strategy], means[other]
+    if a["n_labelled"] != b["n_labelled"]:
+        raise ActiveLearningError(f"{strategy} and {other} curves differ in labelled-study counts")
+    return [n for n, da, db, sa, sb in zip(a["n_labelled"], a["dice"], b["dice"], a["sd"], b["sd"])
+            if db - da > max(sa, sb)]
+
+
+def compare(curves: list[dict]) -> dict:
+    """The benchmark summary (``al-simulate --compare --summary``): per reported class and the
+    mean, every strategy's seed-averaged curve; per strategy other than ``random`` its
+    :func:`label_ratio` against ``random``; per disagreement variant the counts at which it is
+    below ``epistemic`` by more than the seeds' spread; every forgotten class of every run."""
+    strategies = sorted({c["strategy"] for c in curves})
+    out: dict = {"strategies": strategies, "seeds": {s: mean_curves(curves)[s]["seeds"] for s in strategies},
+                 "curves": {cls: mean_curves(curves, cls) for cls in (*REPORTED, "mean")},
+                 "label_ratio": {}, "below_epistemic": {},
+                 "forgotten": [{"strategy": c["strategy"], "seed": c["seed"], **f}
+                               for c in curves for f in c.get("forgotten", [])]}
+    for strategy in strategies:
+        if strategy != "random" and "random" in strategies:
+            ratio = label_ratio(curves, strategy, "random")
+            out["label_ratio"][strategy] = {k: v for k, v in ratio.items() if k != "curves"}
+        if strategy.startswith("disagreement") and "epistemic" in strategies:
+            out["below_epistemic"][strategy] = below_by_more_than_spread(curves, strategy)
+    return out
+
+
 def plot_curves(curves: list[dict], path: Path) -> None:
     """Holdout Dice against the number of labelled studies, one panel per reported class and
     their mean: one line per strategy, the mean over its seeds with their min-max as a band."""
@@ -295,7 +474,7 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = (*REPORTED, "mean")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0), sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), sharey=True)
     for ax, cls in zip(axes, panels):
         for strategy, mean in mean_curves(curves, cls).items():
             seeds = len(mean["seeds"])
@@ -307,7 +486,7 @@ def plot_curves(curves: list[dict], path: Path) -> None:
         ax.set_xlabel("labelled studies")
         ax.grid(alpha=0.3)
     axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=70)

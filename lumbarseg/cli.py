@@ -130,21 +130,27 @@ def _al_simulate(args: argparse.Namespace) -> int:
         curves = [al.load_curve(Path(p)) for p in args.compare]
         al.plot_curves(curves, Path(args.plot))
         print(f"wrote {args.plot}")
-        strategies = {c["strategy"] for c in curves}
-        if {"disagreement", "random"} <= strategies:
-            ratio = al.label_ratio(curves)
-            for strategy, mean in ratio["curves"].items():
-                print(f"{strategy:>12} seeds {mean['seeds']}: " + "  ".join(
-                    f"{n} labelled {d:.3f}" for n, d in zip(mean["n_labelled"], mean["dice"])))
+        try:
+            summary = al.compare(curves)
+        except al.ActiveLearningError as err:
+            args.parser.error(str(err))
+        for strategy, mean in summary["curves"]["mean"].items():
+            print(f"{strategy:>20} seeds {mean['seeds']}: " + "  ".join(
+                f"{n} labelled {d:.3f}" for n, d in zip(mean["n_labelled"], mean["dice"])))
+        for strategy, ratio in summary["label_ratio"].items():
             needed = ratio["labelled_to_reach_it"]
             print(f"random reaches mean Dice {ratio['baseline_final_dice']:.3f} with {ratio['baseline_labelled']} "
-                  f"labelled; disagreement " + ("never does" if needed is None else
-                                                f"with {needed:.1f}: ratio {ratio['ratio']:.2f}"))
-            if args.summary:
-                Path(args.summary).write_text(json.dumps(ratio, indent=1))
-                print(f"wrote {args.summary}")
-        elif args.summary:
-            args.parser.error("--summary needs disagreement and random curves")
+                  f"labelled; {strategy} " + ("never does" if needed is None else
+                                             f"with {needed:.1f}: ratio {ratio['ratio']:.2f}"))
+        for strategy, counts in summary["below_epistemic"].items():
+            if counts:
+                print(f"{strategy} is below epistemic by more than the seeds' spread at {counts} labelled")
+        for f in summary["forgotten"]:
+            print(f"FORGOTTEN: {f['strategy']} seed {f['seed']} round {f['round']} lost {f['class']}")
+        if args.summary:
+            Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.summary).write_text(json.dumps(summary, indent=1))
+            print(f"wrote {args.summary}")
         return 0
     missing = [f"--{n.replace('_', '-')}" for n in ("data", "strategy", "rounds", "per_round", "out")
                if getattr(args, n) is None]
@@ -162,7 +168,8 @@ def _al_simulate(args: argparse.Namespace) -> int:
         split = load_split(Path(args.split))
     try:
         curve = al.simulate([Path(d) for d in args.data], args.strategy, args.rounds, args.per_round, work,
-                            initial=args.initial, preset=args.preset, seed=args.seed, mc_samples=args.mc_samples,
+                            initial=args.initial, preset=args.preset, finetune_preset=args.finetune_preset,
+                            seed=args.seed, mc_samples=args.mc_samples, candidates=args.candidates,
                             init_weights=Path(args.init_weights) if args.init_weights else None, split=split)
     except al.ActiveLearningError as err:
         args.parser.error(str(err))
@@ -237,18 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("al-simulate", help="simulate active learning: holdout Dice against labelled studies per strategy",
                        description="Start from a few labelled pool studies (the split's train+fusion groups); each "
                                    "round score the unlabelled pool with the current model, label the best K by the "
-                                   "strategy, fine-tune on all labelled studies (preset al_round) and evaluate on the "
+                                   "strategy, fine-tune on all labelled studies (preset al_finetune) and evaluate on the "
                                    "split's holdout. Writes the curve JSON and a PNG beside it. With --compare, plot "
                                    "curves side by side instead.")
     p.add_argument("--data", nargs="+", help="data folders with a manifest.csv")
-    p.add_argument("--strategy", choices=("disagreement", "random", "epistemic"),
-                   help="disagreement: plane disagreement (lumbarseg.disagreement), highest first; random: seeded "
-                        "draw; epistemic: MC-dropout entropy of the fused probabilities")
+    p.add_argument("--strategy", choices=("random", "disagreement", "disagreement_level", "disagreement_error",
+                                          "disagreement_diverse", "epistemic"),
+                   help="random: seeded draw; disagreement: plane disagreement (lumbarseg.disagreement, the app's "
+                        "class_rate), highest first; disagreement_level: per-class rates (discs, dural sac weighted "
+                        "up) with the worst disc level; disagreement_error: per-class rates weighted by the "
+                        "holdout error; disagreement_diverse: class_rate with a penalty for near-identical studies "
+                        "of one set; epistemic: MC-dropout entropy of the fused probabilities "
+                        "(docs/active_learning.md)")
     p.add_argument("--rounds", type=int, help="rounds after the initial model")
     p.add_argument("--per-round", type=int, help="studies labelled per round (K)")
     p.add_argument("--out", help="curve JSON (the PNG goes beside it)")
     p.add_argument("--initial", type=int, default=3, help="labelled studies at the start, a seeded draw (default 3)")
-    p.add_argument("--preset", default="al_round", help="training preset of every round (default al_round)")
+    p.add_argument("--preset", default="al_round", help="training preset of round 0 from scratch (default al_round)")
+    p.add_argument("--finetune-preset", default="al_finetune",
+                   help="training preset of the fine-tuning rounds (and of round 0 with --init-weights; "
+                        "default al_finetune)")
+    p.add_argument("--candidates", type=int,
+                   help="score only a seeded sample of this many unlabelled studies per round (default: all)")
     p.add_argument("--init-weights", help="weights folder the initial model fine-tunes (default: train from scratch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial draw, random picks and MC dropout")
     p.add_argument("--mc-samples", type=int, default=8, help="MC-dropout samples per study for epistemic (default 8)")
@@ -258,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "share their identical first round, so run them one after another")
     p.add_argument("--compare", nargs="+", metavar="CURVE", help="curve JSONs to plot side by side (with --plot)")
     p.add_argument("--plot", help="PNG for --compare")
-    p.add_argument("--summary", help="with --compare: JSON of the seed-averaged curves and the labelled-study "
-                                     "ratio disagreement needs to reach random's final Dice")
+    p.add_argument("--summary", help="with --compare: JSON of the seed-averaged curves per class, each strategy's "
+                                     "labelled-study ratio to reach random's final Dice, where a disagreement "
+                                     "variant is below epistemic by more than the seeds' spread, forgotten classes")
     p.set_defaults(run=_al_simulate, parser=p)
 
     from lumbarseg.triton.commands import add_commands as add_serving_commands  # export, triton, infer

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lumbarseg import active_learning as al
-from lumbarseg import cli, phantom
+from lumbarseg import cli, datasets, disagreement, phantom, tissues
+from lumbarseg.training import SliceDataset, TrainingPreset
 from lumbarseg.io import manifest
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
@@ -92,8 +93,8 @@ def curves(phantoms, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     identical first round is trained once)."""
     folder, split = phantoms
     work = tmp_path_factory.mktemp("al_work")
-    return work, {s: al.simulate([folder], s, ROUNDS, K, work, initial=INITIAL, preset="smoke", split=split,
-                                 mc_samples=2) for s in al.STRATEGIES}
+    return work, {s: al.simulate([folder], s, ROUNDS, K, work, initial=INITIAL, preset="smoke",
+                                 finetune_preset="smoke", split=split, mc_samples=2) for s in al.STRATEGIES}
 
 
 @pytest.mark.slow
@@ -109,11 +110,15 @@ def test_every_strategy_labels_k_new_pool_studies_per_round(curves, phantoms):
         assert set(curve["holdout"]) == holdout
         for r in rounds[1:]:
             assert len(r["chosen"]) == K
-            if strategy != "random":  # the highest-scored unlabelled study
+            if strategy != "random":
                 assert set(r["scores"]).isdisjoint(picked[: r["n_labelled"] - K])
+                assert set(r["chosen"]) <= set(r["scores"])
+            if strategy not in ("random", "disagreement_diverse"):  # the highest-scored unlabelled study
                 assert r["chosen"] == sorted(r["scores"], key=lambda k: (-r["scores"][k], k))[:K]
         for r in rounds:
-            assert 0.0 <= r["dice"]["mean"] <= 1.0 and {"disc", "vertebral_body"} <= set(r["dice"])
+            assert 0.0 <= r["dice"]["mean"] <= 1.0 and {"disc", "vertebral_body", "dural_sac"} <= set(r["dice"])
+            assert r["dice_by_set"]["phantom"] == pytest.approx({c: d for c, d in r["dice"].items() if c != "mean"})
+            assert set(r["holdout_dice"]) == holdout and "forgotten" in r
     first = {s: c["rounds"][0] for s, c in curves[1].items()}
     assert len({json.dumps(r["dice"]) for r in first.values()}) == 1  # same start for every strategy
 
@@ -141,7 +146,9 @@ def test_label_ratio_averages_seeds_and_interpolates_between_rounds(tmp_path):
     summary = tmp_path / "summary.json"
     assert cli.main(["al-simulate", "--compare", *map(str, paths), "--plot", str(tmp_path / "c.png"),
                      "--summary", str(summary)]) == 0
-    assert json.loads(summary.read_text())["ratio"] == pytest.approx(5 / 7)
+    written = json.loads(summary.read_text())
+    assert written["label_ratio"]["disagreement"]["ratio"] == pytest.approx(5 / 7)
+    assert written["curves"]["mean"]["random"]["dice"] == pytest.approx([0.4, 0.5, 0.7])
     with pytest.raises(al.ActiveLearningError, match="labelled-study counts"):
         al.mean_curves([*curves, _curve("random", 2, [0.4, 0.5])])
 
@@ -154,7 +161,8 @@ def test_cli_writes_curve_and_plots_and_random_is_reproducible(curves, phantoms,
     split_file.write_text(json.dumps({"sets": split}))
     out = tmp_path / "random.json"
     assert cli.main(["al-simulate", "--data", str(folder), "--strategy", "random", "--rounds", str(ROUNDS),
-                     "--per-round", str(K), "--initial", str(INITIAL), "--preset", "smoke", "--split", str(split_file),
+                     "--per-round", str(K), "--initial", str(INITIAL), "--preset", "smoke",
+                     "--finetune-preset", "smoke", "--split", str(split_file),
                      "--work", str(work), "--out", str(out)]) == 0  # same seed, same work: resumes, same picks
     curve = json.loads(out.read_text())
     assert [r["chosen"] for r in curve["rounds"]] == [r["chosen"] for r in previous["random"]["rounds"]]
@@ -166,3 +174,132 @@ def test_cli_writes_curve_and_plots_and_random_is_reproducible(curves, phantoms,
     plot = tmp_path / "compare.png"
     assert cli.main(["al-simulate", "--compare", *map(str, paths), "--plot", str(plot)]) == 0
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- issue 15: forgetting, the fine-tuning round, disagreement variants -------------------------
+
+
+def test_forgotten_flags_only_a_class_that_falls_to_zero():
+    before = {"disc": 0.78, "vertebral_body": 0.82, "dural_sac": 0.04, "mean": 0.55}
+    assert al.forgotten(before, {"disc": 0.0, "vertebral_body": 0.85, "dural_sac": 0.0, "mean": 0.3}) == ["disc"]
+    assert al.forgotten(before, {"disc": 0.3, "vertebral_body": 0.01, "dural_sac": 0.0, "mean": 0.1}) == \
+        ["vertebral_body"]  # dural_sac never had it (0.04 <= HAD)
+    assert al.forgotten(before, {"disc": 0.5, "vertebral_body": 0.6, "dural_sac": 0.0, "mean": 0.55}) == []
+    assert al.forgotten({}, {"disc": 0.0}) == []
+
+
+def test_simulate_flags_a_forgotten_class_in_the_curve_and_the_log(phantoms, tmp_path, monkeypatch, caplog):
+    """The round models are stubs: round 0 'has' the discs, round 1 loses them. Later rounds
+    must fine-tune the previous model with the fine-tuning preset."""
+    folder, split = phantoms
+    weights = untrained_weights(tmp_path / "w", spacing=6.0)
+    calls = []
+
+    def fake_train(preset, data_dirs, out, *, init=None, split=None):
+        calls.append({"preset": preset, "init": init, "split": split})
+        return weights
+
+    def fake_dice(prediction, study):
+        return {"disc": 0.8 if len(calls) == 1 else 0.0, "vertebral_body": 0.5}
+
+    monkeypatch.setattr(al, "train", fake_train)
+    monkeypatch.setattr(al, "study_dice", fake_dice)
+    with caplog.at_level("WARNING", logger="lumbarseg.al"):
+        curve = al.simulate([folder], "random", 2, 1, tmp_path / "work", initial=2, split=split)
+    assert [r["forgotten"] for r in curve["rounds"]] == [[], ["disc"], []]  # round 2: nothing left to lose
+    assert curve["forgotten"] == [{"round": 1, "class": "disc", "before": 0.8, "after": 0.0}]
+    assert "FORGOTTEN: random seed 0 round 1 lost disc" in caplog.text
+    first, later = TrainingPreset.load("al_round"), TrainingPreset.load("al_finetune")
+    assert [c["preset"] for c in calls] == [first, later, later]
+    assert calls[0]["init"] is None and calls[1]["init"] == weights
+
+
+def test_fine_tuning_preset_is_gentler_and_class_balanced_on_the_same_grid():
+    first, later = TrainingPreset.load("al_round"), TrainingPreset.load("al_finetune")
+    assert (later.model, later.spacing_mm, later.input_size) == (first.model, first.spacing_mm, first.input_size)
+    assert later.learning_rate <= first.learning_rate / 2
+    assert later.fusion.learning_rate <= first.fusion.learning_rate / 4
+    assert later.class_centred_fraction > 0 and later.fusion.balance_sets
+
+
+def _volume(key: str, cls: str, shape=(24, 24, 24)) -> datasets.TrainingVolume:
+    target = np.zeros(shape, np.uint8)
+    target[8:16, 8:16, 10:13] = tissues.TISSUE_NAMES.index(cls)
+    image = np.random.default_rng(0).random((3, *shape)).astype(np.float32)
+    extent = np.full((tissues.NUM_TISSUES, 2), (1, 0))
+    extent[tissues.TISSUE_NAMES.index(cls)] = (10, 12)
+    return datasets.TrainingVolume(key=key, image=image, target=target, extent=extent, spacing=2.0)
+
+
+def test_fine_tuning_replays_a_class_only_one_earlier_study_labels():
+    """Seven vertebra-only studies were labelled after the one disc study (the seed-2 round that
+    lost the discs): the fine-tuning draw still shows discs in a good share of its slices."""
+    volumes = [_volume("discs/a", "disc")] + [_volume(f"bodies/{i}", "vertebral_body") for i in range(7)]
+    preset = TrainingPreset.load("al_finetune")
+    disc = tissues.TISSUE_NAMES.index("disc")
+    data = SliceDataset(volumes, "sagittal", preset, epoch=0)
+    sure_disc = [bool((allowed[disc] & (allowed.sum(0) == 1)).any()) for _, allowed in (data[i] for i in range(60))]
+    assert np.mean(sure_disc) >= 0.3
+
+
+def test_fusion_group_holds_a_study_of_every_set_with_two_labelled():
+    # The seed-2 run whose round 2 lost the discs: the old rule (every 4th labelled) gave the
+    # fusion lumbar_vb_t2/07 alone, so the fusion never saw a disc label.
+    labelled = ["lumbar_ivd_t2/25", "lumbar_ivd_t2/46", "lumbar_vb_t2/10", "lumbar_vb_t2/07", "lumbar_vb_t2/14",
+                "lumbar_vb_t2/12", "lumbar_vb_t2/13"]
+    assert al.fusion_group(labelled) == {"lumbar_ivd_t2/46", "lumbar_vb_t2/12"}
+    assert al.fusion_group(labelled[:3]) == {"lumbar_ivd_t2/46"}  # vb_t2's only study trains the planes
+    assert al.fusion_group(["a/1", "b/1", "c/1"]) == {"c/1"}  # no set with two: the last, as before
+
+
+def _planes(*maps: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(("sagittal", "coronal", "axial"), maps))
+
+
+def test_class_rates_and_disc_levels_find_where_the_planes_disagree():
+    disc, body = tissues.TISSUE_NAMES.index("disc"), tissues.TISSUE_NAMES.index("vertebral_body")
+    agreed = np.zeros((40, 10, 10), np.uint8)
+    agreed[2:8], agreed[12:18], agreed[22:28] = body, disc, disc  # a body, two discs
+    noisy = agreed.copy()
+    noisy[24:26] = 0  # one plane misses half of the lower disc
+    rates = disagreement.class_rates(_planes(agreed, agreed, noisy))
+    assert rates["vertebral_body"] == 0.0 and rates["disc"] == pytest.approx(20 * 10 / (12 * 100))
+    levels = disagreement.disc_level_rates(_planes(agreed, agreed, noisy), agreed)
+    assert sorted(levels) == [0.0, pytest.approx(200 / 600)]  # the lower disc's box: 2 of its 6 rows missed
+    assert disagreement.disc_level_rates(_planes(agreed, agreed, agreed), np.zeros_like(agreed)) == []
+
+    class Seg:  # what score() reads of a Segmentation
+        plane_classes, classes = _planes(agreed, agreed, noisy), agreed
+
+    weighted = (2 * rates["disc"] + 1 * 0.0) / 3
+    assert disagreement.class_level(Seg) == pytest.approx(0.5 * (weighted + max(levels)))
+    assert disagreement.score(Seg, "class_level") == disagreement.class_level(Seg)
+    # held-out error weights: a class the model already gets right weighs nothing
+    assert disagreement.error_weighted(Seg, {"disc": 0.0, "vertebral_body": 0.5}) == 0.0
+    assert disagreement.error_weighted(Seg, {"disc": 0.4, "vertebral_body": 0.0}) == pytest.approx(rates["disc"])
+    assert disagreement.error_weighted(Seg, {}) == disagreement.class_rate(Seg.plane_classes)
+
+
+def test_diverse_choice_skips_a_near_identical_study_of_the_same_set():
+    scores = {"a/1": 0.9, "a/2": 0.89, "b/1": 0.5, "a/3": 0.1, "a/4": 0.05}
+    profiles = {"a/1": {"disc": 0.5}, "a/2": {"disc": 0.52}, "b/1": {"disc": 0.5}, "a/3": {"disc": 0.1},
+                "a/4": {"disc": 0.9}}
+    rng = np.random.default_rng(0)
+    assert al.choose("disagreement", list(scores), 2, scores, rng) == ["a/1", "a/2"]
+    assert al.choose("disagreement_diverse", list(scores), 2, scores, rng, profiles) == ["a/1", "b/1"]
+    # an already labelled twin counts too: a/2 (rank 1, its twin a/1 labelled) waits behind b/1 (rank 2/3)
+    assert al.choose("disagreement_diverse", ["a/2", "b/1", "a/3", "a/4"], 1, scores, rng, profiles, ["a/1"]) == ["b/1"]
+    assert al.choose("disagreement_diverse", ["a/2", "b/1", "a/3", "a/4"], 1, scores, rng, profiles) == ["a/2"]
+    assert al.similarity("a/1", "b/1", profiles) == 0.0 and al.similarity("a/1", "a/1", profiles) == 1.0
+
+
+def test_every_strategy_scores_every_candidate(phantoms, tmp_path):
+    folder, _ = phantoms
+    segmenter = Segmenter.load(untrained_weights(tmp_path / "w", spacing=6.0))
+    entries = manifest.read_manifest(folder)[:2]
+    series = {e.key: manifest.load_entry(e).primary for e in entries}
+    for strategy in (s for s in al.STRATEGIES if s != "random"):
+        scores, profiles = al.score_candidates(strategy, segmenter, list(series), series.get,
+                                               errors={"disc": 0.5}, mc_samples=2)
+        assert set(scores) == set(series) and all(v >= 0.0 for v in scores.values()), strategy
+        assert bool(profiles) == (strategy == "disagreement_diverse"), strategy
