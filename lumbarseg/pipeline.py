@@ -3,17 +3,27 @@
 A trained model is a folder (``weights/<name>/``): ``model.json`` (:class:`ModelInfo`: model
 preset, spacing, classes, how it was trained) and one state dict per network: ``sagittal.pt``,
 ``coronal.pt``, ``axial.pt``, ``fusion.pt``.
+
+**Spine-region inference** (:class:`RegionSettings`, ``model.json`` key ``region``): the spine
+fills a small part of a lumbar field of view, and every network costs in proportion to the
+voxels it sees. A cheap first pass (the sagittal network on every few sagittal slices,
+:func:`first_pass_input`) finds the spine's bounding box (:func:`locate`); the three planes and
+the fusion then run on that box with a margin (:func:`crop`, :func:`region_fusion_input`), and
+everything outside it is background (:func:`paste`). The Triton ``spine_pipeline`` model calls
+the same functions (:mod:`lumbarseg.triton.python_models`), so both backends crop alike.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from lumbarseg import planes, tissues
@@ -36,6 +46,50 @@ class FusionShape:
 
 
 @dataclass(frozen=True)
+class RegionSettings:
+    """Spine-region inference (see the module doc): a weights folder's ``model.json`` key
+    ``region``; folders without it get these defaults, which ``benchmarks/spine_region.py``
+    measured against whole-volume inference (docs/performance.md, "Spine-region inference");
+    ``Segmenter.segment(series, region=True)`` turns it on per call.
+
+    The first pass is the sagittal network on every few sagittal slices of the model grid
+    (``slice_mm`` apart): at the grid it was trained on, since on a coarser grid it misses
+    parts of real spines (on a 3 mm grid up to half of a held-out study's labelled voxels fell
+    outside the box). Pieces of tissue it finds within ``link_mm`` of each other are one
+    structure; the largest structure is the spine (what else it finds, scattered in the body,
+    is dropped). Its box plus ``margin_mm`` on every side is the region: the plane networks
+    then see real anatomy up to the box's edge, and the first pass may miss the spine's rim."""
+
+    # Off by default: on the held-out SPIDER studies (thin sagittal slabs, the only held-out set
+    # whose box is under max_share) it cost dural sac Dice 0.017, more than the 0.005 allowed
+    # (benchmarks/results/spine_region.md); a wider margin is the next thing to measure.
+    enabled: bool = False
+    slice_mm: float = 4.5  # first pass: sagittal slices this far apart (the model grid's nearest multiple)
+    link_mm: float = 10.0  # found tissue closer than this is one structure
+    margin_mm: float = 15.0  # added around the spine found, each side, on every axis
+    min_tissue_mm3: float = 2000.0  # less spine found than this (a lumbar disc is ~10 cm^3): nothing found
+    # A box holding more than this share of the grid's voxels saves too little to be worth the
+    # risk of cutting anatomy: the networks run on the whole volume.
+    max_share: float = 0.85
+
+    def parameter(self) -> str:
+        """One-line form for the Triton pipeline's config (``key=value,...``)."""
+        return ",".join(f"{f}={getattr(self, f)}" for f in self.__dataclass_fields__)
+
+    @classmethod
+    def from_parameter(cls, text: str) -> "RegionSettings":
+        """Inverse of :meth:`parameter`; keys it does not name keep their defaults."""
+        values: dict = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, _, value = item.partition("=")
+            if key not in cls.__dataclass_fields__:
+                raise ValueError(f"spine region setting {key!r} unknown; known: {list(cls.__dataclass_fields__)}")
+            kind = type(getattr(cls(), key))
+            values[key] = value.strip().lower() in ("1", "true", "on", "yes") if kind is bool else kind(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A weights folder's ``model.json``. What loading and serving the networks reads is typed;
     the record of how they were trained (training preset, data, split, per-epoch history,
@@ -46,6 +100,7 @@ class ModelInfo:
     spacing_mm: float  # the isotropic grid the networks run on
     tissues: tuple[str, ...]  # the networks' output classes, in order
     fusion: FusionShape = FusionShape()
+    region: RegionSettings = RegionSettings()  # spine-region inference
     version: str = "shipped"  # the MONAI Label app's serving version: set when it publishes a retrained model
     record: dict = other_keys()  # every other key of model.json
 
@@ -71,12 +126,151 @@ def predict_plane(model: nn.Module, image: np.ndarray, plane: str, batch_size: i
 
 
 @torch.no_grad()
-def fuse(model: nn.Module, probabilities: dict[str, np.ndarray], spacing: float) -> np.ndarray:
-    """Fused class probabilities ``(K, X, Y, Z)`` from per-plane probabilities on a ``spacing`` mm grid."""
+def fuse(model: nn.Module, probabilities: dict[str, np.ndarray], spacing: float, region: "Region | None" = None) -> np.ndarray:
+    """Fused class probabilities ``(K, X, Y, Z)`` from per-plane probabilities on a ``spacing`` mm
+    grid, or on a :class:`Region`'s box of it (positions relative to the whole grid)."""
     model.eval()
     k, *shape = next(iter(probabilities.values())).shape
-    x = torch.from_numpy(planes.fusion_input(probabilities, tuple(shape), k, spacing=spacing))[None]
+    region = region or Region.whole(tuple(shape), OFF)
+    x = torch.from_numpy(region_fusion_input(probabilities, region, k, spacing=spacing))[None]
     return model(x).softmax(dim=1)[0].numpy()
+
+
+# -- spine-region inference (shared with the Triton pipeline model) ---------------------------
+
+# Region.status values: why the networks ran where they ran. The Triton pipeline returns the
+# code in its REGION output, so a client reads the same reason as in-process inference.
+REGION_STATUS = {0: "cropped to the spine found by the first pass", 1: "spine-region inference off",
+                 2: "first pass found no spine tissue: whole volume", 3: "spine box covers most of the grid: whole volume"}
+CROPPED, OFF, NOTHING_FOUND, MOSTLY_SPINE = REGION_STATUS
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where the networks ran on the model grid ``grid``: ``box`` is ``(start, stop)`` per axis
+    (the whole grid unless ``status`` is :data:`CROPPED`); ``status`` a :data:`REGION_STATUS` key."""
+
+    grid: tuple[int, int, int]
+    box: tuple[tuple[int, int], ...]
+    status: int
+
+    @classmethod
+    def whole(cls, grid: tuple[int, ...], status: int) -> "Region":
+        return cls(tuple(grid), tuple((0, n) for n in grid), status)
+
+    @property
+    def cropped(self) -> bool:
+        return self.status == CROPPED
+
+    @property
+    def reason(self) -> str:
+        return REGION_STATUS[self.status]
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in self.box)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in self.box)
+
+    @property
+    def share(self) -> float:
+        """The box's share of the grid's voxels."""
+        return float(np.prod(self.shape) / np.prod(self.grid))
+
+    def code(self) -> np.ndarray:
+        """``[status, x0, x1, y0, y1, z0, z1]`` int32: the Triton pipeline's REGION output."""
+        return np.array([self.status, *(v for ab in self.box for v in ab)], np.int32)
+
+    @classmethod
+    def from_code(cls, code: np.ndarray, grid: tuple[int, ...]) -> "Region":
+        values = [int(v) for v in code]
+        return cls(tuple(grid), tuple(zip(values[1::2], values[2::2])), values[0])
+
+    def as_dict(self) -> dict:
+        return {"status": self.reason, "cropped": self.cropped, "grid": list(self.grid),
+                "box": [list(ab) for ab in self.box], "share": round(self.share, 4)}
+
+
+def first_pass_step(spacing: float, settings: RegionSettings) -> int:
+    """Every how many sagittal slices of the model grid the first pass looks at."""
+    return max(1, int(round(settings.slice_mm / spacing)))
+
+
+def first_pass_input(image: np.ndarray, spacing: float, settings: RegionSettings) -> np.ndarray:
+    """The first pass's share of a network input ``(3, X, Y, Z)``: every
+    :func:`first_pass_step`-th sagittal slice. The sagittal network's probabilities on it go
+    to :func:`locate`."""
+    return np.ascontiguousarray(image[:, :: first_pass_step(spacing, settings)])
+
+
+def locate(probabilities: np.ndarray, grid: tuple[int, ...], spacing: float, settings: RegionSettings) -> Region:
+    """The region the networks run on, from the first pass's class probabilities
+    ``(K, x, Y, Z)`` (on :func:`first_pass_input`'s slices of ``grid``): the box of the largest
+    structure of found tissue (see :class:`RegionSettings`) widened by ``margin_mm``, on the
+    model grid. The whole grid when no spine is found or the box would hold most of the grid
+    (``status`` says which)."""
+    grid = tuple(int(n) for n in grid)
+    step = first_pass_step(spacing, settings)
+    voxel = (step * spacing, spacing, spacing)  # mm per first-pass voxel
+    tissue = probabilities.argmax(axis=0) > 0
+    if not tissue.any():
+        return Region.whole(grid, NOTHING_FOUND)
+    # Pieces within link_mm of each other: their link_mm / 2 neighbourhoods touch.
+    near = ndimage.distance_transform_edt(~tissue, sampling=voxel) <= settings.link_mm / 2
+    structures, _ = ndimage.label(near)
+    sizes = np.bincount(structures[tissue])  # tissue voxels per structure
+    spine = tissue & (structures == sizes.argmax())
+    if spine.sum() * float(np.prod(voxel)) < settings.min_tissue_mm3:
+        return Region.whole(grid, NOTHING_FOUND)
+    margin = math.ceil(settings.margin_mm / spacing)
+    box = []
+    for axis, n in enumerate(grid):
+        hit = np.flatnonzero(spine.any(axis=tuple(a for a in range(3) if a != axis)))
+        scale = step if axis == 0 else 1  # first-pass slice i is model slice i * step
+        box.append([max(0, int(hit[0]) * scale - margin), min(n, int(hit[-1]) * scale + 1 + margin)])
+    # At least MIN_SLAB_MM left to right (the whole width if the study is narrower): the fusion
+    # input's slab rule then judges the box as it judges the whole study.
+    need = min(grid[0], math.ceil(planes.MIN_SLAB_MM / spacing))
+    start, stop = box[0]
+    if stop - start < need:
+        start = max(0, min(start - (need - (stop - start)) // 2, grid[0] - need))
+        box[0] = [start, start + need]
+    region = Region(grid, tuple((int(a), int(b)) for a, b in box), CROPPED)
+    if region.share > settings.max_share or region.shape == grid:
+        return Region.whole(grid, MOSTLY_SPINE)
+    return region
+
+
+def crop(volume: np.ndarray, region: Region) -> np.ndarray:
+    """``(C, X, Y, Z)`` -> the region's box, contiguous (the plane models slice it)."""
+    return volume if not region.cropped else np.ascontiguousarray(volume[(slice(None), *region.slices)])
+
+
+def paste(probabilities: np.ndarray, region: Region) -> np.ndarray:
+    """Class probabilities on the region's box ``(K, ...)`` -> the whole grid: background
+    (class 0, probability 1) outside the box."""
+    if not region.cropped:
+        return probabilities
+    out = np.zeros((probabilities.shape[0], *region.grid), probabilities.dtype)
+    out[0] = 1.0
+    out[(slice(None), *region.slices)] = probabilities
+    return out
+
+
+def region_fusion_input(probabilities: dict[str, np.ndarray], region: Region, num_classes: int, *,
+                        spacing: float) -> np.ndarray:
+    """:func:`lumbarseg.planes.fusion_input` on the region's box, with each plane's position
+    channel relative to the whole grid: the fusion learnt on whole volumes, where the position
+    says how near the field of view's edge a slice is."""
+    x = planes.fusion_input(probabilities, region.shape, num_classes, spacing=spacing)
+    if region.cropped:
+        empty = planes.slab_planes(region.shape, spacing)
+        for i, plane in enumerate(planes.PLANES):
+            if plane in probabilities and plane not in empty:
+                x[i * (num_classes + 1) + num_classes] = planes.position_encoding(region.grid, plane)[region.slices]
+    return x
 
 
 @dataclass
@@ -88,16 +282,20 @@ class Segmentation:
     plane_classes: dict[str, np.ndarray]  # plane -> (I, J, K) what that plane alone predicts
     plane_probabilities: dict[str, np.ndarray]  # plane -> (K, X, Y, Z)
     probabilities: np.ndarray  # (K, X, Y, Z) fused
+    region: Region | None = None  # where the networks ran (None: the backend does not say)
 
 
 class Segmenter:
     """The three plane networks and the fusion, loaded from a weights folder."""
 
-    def __init__(self, plane_models: dict[str, nn.Module], fusion: nn.Module, spacing: float, info: ModelInfo):
+    def __init__(self, plane_models: dict[str, nn.Module], fusion: nn.Module, spacing: float, info: ModelInfo,
+                 region: RegionSettings | None = None):
         self.plane_models = plane_models
         self.fusion = fusion
         self.spacing = spacing
         self.info = info
+        # spine-region inference: as the weights folder says, unless given
+        self.region = region or getattr(info, "region", None) or RegionSettings()
 
     @classmethod
     def load(cls, folder: str | Path) -> "Segmenter":
@@ -115,16 +313,38 @@ class Segmenter:
     def plane_probabilities(self, image: np.ndarray) -> dict[str, np.ndarray]:
         return {plane: predict_plane(model, image, plane) for plane, model in self.plane_models.items()}
 
-    def predict(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Per-plane and fused probabilities ``(K, X, Y, Z)`` of a network input (see :func:`segment_series`)."""
-        per_plane = self.plane_probabilities(image)
-        return per_plane, fuse(self.fusion, per_plane, self.spacing)
+    def settings(self, region: "bool | RegionSettings | None" = None) -> RegionSettings:
+        """The region settings: :attr:`region`, turned on or off by a bool ``region``, or
+        replaced by a :class:`RegionSettings` one (benchmarks compare settings)."""
+        if isinstance(region, RegionSettings):
+            return region
+        return self.region if region is None else replace(self.region, enabled=region)
 
-    def segment(self, series: Series) -> Segmentation:
-        return segment_series(series, self.spacing, self.predict)
+    def locate(self, image: np.ndarray, region: "bool | RegionSettings | None" = None) -> Region:
+        """Where the networks will run on a network input (:func:`locate` of the first pass)."""
+        settings = self.settings(region)
+        if not settings.enabled:
+            return Region.whole(image.shape[1:], OFF)
+        first = predict_plane(self.plane_models["sagittal"], first_pass_input(image, self.spacing, settings), "sagittal")
+        return locate(first, image.shape[1:], self.spacing, settings)
+
+    def predict(self, image: np.ndarray,
+                region: "bool | RegionSettings | None" = None) -> tuple[dict[str, np.ndarray], np.ndarray, Region]:
+        """Per-plane and fused probabilities ``(K, X, Y, Z)`` of a network input (see
+        :func:`segment_series`), and the :class:`Region` they were computed on; ``region``
+        turns spine-region inference on or off (default: :attr:`region`'s setting; see
+        :meth:`settings`)."""
+        where = self.locate(image, region)
+        per_plane = self.plane_probabilities(crop(image, where))
+        fused = fuse(self.fusion, per_plane, self.spacing, where)
+        return {p: paste(v, where) for p, v in per_plane.items()}, paste(fused, where), where
+
+    def segment(self, series: Series, region: "bool | RegionSettings | None" = None) -> Segmentation:
+        return segment_series(series, self.spacing, lambda image: self.predict(image, region))
 
 
-Predict = Callable[[np.ndarray], tuple[dict[str, np.ndarray], np.ndarray]]
+# network input -> (per-plane probabilities, fused probabilities[, Region])
+Predict = Callable[[np.ndarray], tuple]
 
 
 def segment_series(series: Series, spacing: float, predict: Predict) -> Segmentation:
@@ -132,18 +352,20 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     :class:`lumbarseg.triton.client.TritonSegmenter`): the series' network input
     (:func:`lumbarseg.planes.network_input`) resampled to ``spacing`` mm isotropic, given to
     ``predict`` (-> per-plane probabilities, possibly empty, and fused probabilities on that
-    grid), classes taken on the source grid."""
+    grid, and optionally the :class:`Region` the networks ran on), classes taken on the source
+    grid."""
     # the grid budget first (reorienting only permutes axes: the same voxel count)
     budget.check_grid(series.source or series.description or "series", series.shape, series.spacing, spacing)
     canonical = planes.to_canonical(series)
     image = planes.resample(planes.network_input(series), planes.grid_size(canonical, spacing), "trilinear")
-    per_plane, fused = predict(image)
+    per_plane, fused, *where = predict(image)
 
     def on_source_grid(probabilities: np.ndarray) -> np.ndarray:
         classes = planes.resample(probabilities, canonical.shape, "trilinear").argmax(axis=0)
         return planes.from_canonical(classes.astype(np.uint8), series)
 
-    return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused)
+    return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused,
+                        where[0] if where else None)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -47,7 +47,7 @@ def test_pipeline_outputs_name_every_plane():
     config = read_config(TEMPLATE / PIPELINE / "config.pbtxt")
     names = {t.name for t in config.output}
     assert names == {"PROBABILITIES", "CLASSES", "SAGITTAL_PROBABILITIES", "CORONAL_PROBABILITIES",
-                     "AXIAL_PROBABILITIES"}
+                     "AXIAL_PROBABILITIES", "REGION"}
 
 
 def test_a_config_that_does_not_fit_the_graph_is_refused():

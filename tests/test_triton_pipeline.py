@@ -158,10 +158,31 @@ def test_triton_pipeline_matches_in_process_inference(served, study, local):
         assert client.spacing == SPACING
         remote = client.segment(study)
     assert remote.classes.shape == study.shape
+    assert remote.region == local.region  # the same first pass and box (lumbarseg.pipeline.locate)
     assert (remote.classes == local.classes).mean() >= PARITY
     for plane in planes.PLANES:
         assert (remote.plane_classes[plane] == local.plane_classes[plane]).mean() >= PARITY
     np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-4)
+
+
+def test_spine_region_inference_is_the_pipelines_and_a_request_can_turn_it_off(served, weights, study):
+    """The export writes the weights' region settings into the pipeline's config; the request
+    parameter spine_region turns it off (whole volume, as in process with region=False); REGION
+    says where the networks ran."""
+    config = read_config(served["repository"] / "spine_pipeline" / "configs" / "cpu.pbtxt").parameters
+    assert pipeline.RegionSettings.from_parameter(config["spine_region"].string_value) == \
+        pipeline.Segmenter.load(weights).region
+    local = pipeline.Segmenter.load(weights).segment(study, region=False)
+    with TritonSegmenter(served["grpc"]) as client:
+        remote = client.segment(study, region=False)
+        image = np.random.default_rng(8).random((3, 9, 10, 11), dtype=np.float32)
+        out = client.infer(image, ["CLASSES", "REGION"], region=True)
+    assert remote.region.status == pipeline.OFF and not remote.region.cropped
+    assert (remote.classes == local.classes).mean() >= PARITY
+    np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-4)
+    region = pipeline.Region.from_code(out["REGION"], image.shape[1:])
+    assert out["REGION"].dtype == np.int32 and region.status in pipeline.REGION_STATUS
+    assert out["CLASSES"].shape == image.shape[1:]
 
 
 def test_classes_output_and_health(served, local):

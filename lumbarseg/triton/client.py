@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lumbarseg import planes, tissues
-from lumbarseg.pipeline import Segmentation, segment_series
+from lumbarseg.pipeline import Region, Segmentation, segment_series
 from lumbarseg.triton.export import NETWORK_MODELS, PIPELINE
 from lumbarseg.io.study import Series, StudyError
 from lumbarseg.triton.server import DEFAULT_URL, TritonError, admin_headers, admin_key
@@ -194,9 +194,16 @@ class TritonSegmenter:
         params = self.config["parameters"]
         return tuple(int(params[k]["string_value"]) if k in params else None for k in ("max_voxels", "max_extent"))
 
-    def infer(self, image: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    @property
+    def outputs(self) -> set[str]:
+        """The output names the served pipeline declares (REGION only since spine-region inference)."""
+        return {o["name"] for o in self.config.get("output", [])}
+
+    def infer(self, image: np.ndarray, outputs: list[str], region: bool | None = None) -> dict[str, np.ndarray]:
         """Run the pipeline model on a network input ``(3, X, Y, Z)`` (float32, at
-        :attr:`spacing`) and return the named outputs."""
+        :attr:`spacing`) and return the named outputs. ``region``: turn the model's spine-region
+        inference on or off for this request (request parameter ``spine_region``; default: as
+        the model's config says)."""
         self.config  # readiness and compatibility first, for a clear error
         import tritonclient.grpc as grpc
 
@@ -206,7 +213,8 @@ class TritonSegmenter:
         for attempt in range(2):
             try:
                 result = self._call(f"inference on {self.model}", self._client.infer, self.model, [tensor],
-                                    outputs=requested, client_timeout=self.timeout, **self._admin)
+                                    outputs=requested, client_timeout=self.timeout,
+                                    parameters=None if region is None else {"spine_region": bool(region)}, **self._admin)
                 break
             except TritonError as err:
                 dead = DEAD_STUB.search(str(err))
@@ -215,17 +223,22 @@ class TritonSegmenter:
                 self._restart(dead.group(1))
         return {name: np.array(result.as_numpy(name)) for name in outputs}  # writable copies (torch reads them)
 
-    def predict(self, image: np.ndarray, with_planes: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Per-plane (if ``with_planes``) and fused probabilities, as ``Segmenter.predict``."""
+    def predict(self, image: np.ndarray, with_planes: bool = True,
+                region: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, Region | None]:
+        """Per-plane (if ``with_planes``) and fused probabilities, and the :class:`Region` the
+        networks ran on (None from a pipeline without the REGION output), as ``Segmenter.predict``."""
         names = [f"{plane.upper()}_PROBABILITIES" for plane in planes.PLANES] if with_planes else []
-        out = self.infer(image, ["PROBABILITIES", *names])
-        return {plane: out[name] for plane, name in zip(planes.PLANES, names)}, out["PROBABILITIES"]
+        extra = ["REGION"] if "REGION" in self.outputs else []
+        out = self.infer(image, ["PROBABILITIES", *names, *extra], region)
+        where = Region.from_code(out["REGION"], image.shape[1:]) if extra else None
+        return {plane: out[name] for plane, name in zip(planes.PLANES, names)}, out["PROBABILITIES"], where
 
-    def segment(self, series: Series, with_planes: bool = True) -> Segmentation:
+    def segment(self, series: Series, with_planes: bool = True, region: bool | None = None) -> Segmentation:
         """As :meth:`lumbarseg.pipeline.Segmenter.segment`; ``with_planes=False`` skips the
-        per-plane outputs (a quarter of the transfer; no plane classes or disagreement). A study
-        whose grid is over the server's :attr:`limits` is a :class:`StudyError` before anything
-        is sent."""
+        per-plane outputs (a quarter of the transfer; no plane classes or disagreement);
+        ``region`` turns spine-region inference on or off (default: the served config's
+        ``spine_region`` setting). A study whose grid is over the server's :attr:`limits` is a
+        :class:`StudyError` before anything is sent."""
         def predict(image: np.ndarray):
             max_voxels, max_extent = self.limits
             grid = image.shape[1:]
@@ -234,7 +247,7 @@ class TritonSegmenter:
                                  f"the study's field of view at {self.spacing:g} mm is a {'x'.join(map(str, grid))} grid "
                                  f"({int(np.prod(grid)):,} voxels); the Triton server ({self.url}) takes at most "
                                  f"{max_voxels:,} voxels and {max_extent} per axis (its memory budget)")
-            return self.predict(image, with_planes)
+            return self.predict(image, with_planes, region)
 
         return segment_series(series, self.spacing, predict)
 

@@ -164,11 +164,14 @@ def check_config(config, signature: dict[str, tuple[str, list[int | None]]], whe
                               f"{['-1' if g is None else g for g in graph_dims]} in the graph")
 
 
-def _set_parameter(path: Path, key: str, value: str) -> None:
-    """Rewrite one ``parameters`` string value in place, keeping the file otherwise as written."""
+def _set_parameter(path: Path, key: str, value: str, *, add: bool = False) -> None:
+    """Rewrite one ``parameters`` string value in place, keeping the file otherwise as written;
+    with ``add``, append the parameter when the file lacks it (a config older than the key)."""
     text = path.read_text()
     pattern = re.compile(r'(parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
     new, count = pattern.subn(lambda m: m.group(1) + value + m.group(2), text)
+    if count == 0 and add:
+        new, count = text.rstrip("\n") + f'\nparameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n', 1
     if count != 1:
         raise ExportError(f"{path}: expected one parameter {key!r}, found {count}")
     if new != text:
@@ -212,7 +215,8 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
     """Export ``weights`` (a :class:`lumbarseg.pipeline.Segmenter` folder) into ``repository``.
 
     Missing configs and model.py files are copied from the committed template; the pipeline's
-    ``spacing_mm`` and ``tissues`` parameters are set from the weights. Each ``model.onnx`` is
+    ``spacing_mm``, ``tissues`` and ``spine_region`` (:class:`lumbarseg.pipeline.RegionSettings`)
+    parameters are set from the weights. Each ``model.onnx`` is
     written to a temporary file, checked, then moved into place (a failed export leaves the
     previous model intact).
     """
@@ -248,6 +252,7 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
         path = repository / PIPELINE / config
         _set_parameter(path, "spacing_mm", f"{segmenter.spacing:g}")
         _set_parameter(path, "tissues", ",".join(segmenter.info.tissues))
+        _set_parameter(path, "spine_region", segmenter.region.parameter(), add=True)
         pipeline_config = read_config(path)
         for output in pipeline_config.output:
             if output.name.endswith("PROBABILITIES") and output.dims[0] != k:

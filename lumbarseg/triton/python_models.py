@@ -8,12 +8,14 @@ Runs only inside Triton's python stub (``triton_python_backend_utils`` exists th
   the same inputs, outputs and batching.
 * :class:`SpinePipeline` — ``spine_pipeline``: one study volume through the three plane models
   and the fusion by business-logic scripting (BLS), slicing and fusion input built by
-  :mod:`lumbarseg.planes` as in-process inference builds them.
+  :mod:`lumbarseg.planes` as in-process inference builds them; with spine-region inference the
+  first pass, the box and the crop are :mod:`lumbarseg.pipeline`'s functions, as in process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,6 +24,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 PROBABILITIES = "PROBABILITIES"
+REGION = "REGION"  # spine_pipeline output: lumbarseg.pipeline.Region.code() of where the networks ran
+REGION_PARAMETER = "spine_region"  # config parameter (settings) and request parameter (true/false)
 # Environment override of each config's intra_op_threads (tests and shared machines).
 THREADS_ENV = "LUMBARSEG_ORT_THREADS"
 # Environment override of each config's cpu_mem_arena ("0" turns onnxruntime's memory arena off:
@@ -81,9 +85,9 @@ class SpinePipeline:
     ``<PLANE>_PROBABILITIES`` per plane; only the requested outputs are sent back."""
 
     def initialize(self, args: dict) -> None:
-        from lumbarseg import planes  # torch and monai: loaded in this model's stub only
+        from lumbarseg import pipeline, planes  # torch and monai: loaded in this model's stub only
 
-        self.planes = planes
+        self.planes, self.pipeline = planes, pipeline
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
         self.batch = int(parameters["plane_batch_size"])
@@ -91,6 +95,11 @@ class SpinePipeline:
         self.max_extent = int(parameters.get("max_extent", 0)) or None
         self.spacing = float(parameters["spacing_mm"])
         self.num_classes = next(int(o["dims"][0]) for o in config["output"] if o["name"] == PROBABILITIES)
+        # Spine-region settings, written by `lumbarseg export` from the weights; a repository
+        # exported before spine-region inference has none: whole volume, as it was then.
+        setting = parameters.get(REGION_PARAMETER)
+        self.region = (pipeline.RegionSettings.from_parameter(setting) if setting
+                       else pipeline.RegionSettings(enabled=False))
 
     async def execute(self, requests: list) -> list:
         return [await self._segment(request) for request in requests]
@@ -118,22 +127,46 @@ class SpinePipeline:
         image = tensor.as_numpy()
         if not np.isfinite(image).all():
             return _error("IMAGE holds NaN or infinite values", "INVALID_ARG")
-        shape = image.shape[1:]
         try:
-            stacks = await asyncio.gather(*(self._plane(image, plane) for plane in self.planes.PLANES))
+            settings = self._settings(request)
+        except ValueError as err:
+            return _error(str(err), "INVALID_ARG")
+        pipeline = self.pipeline
+        try:
+            # Spine-region inference, as in process (lumbarseg.pipeline.Segmenter.predict): the
+            # first pass, then the planes and the fusion on the box only.
+            region = pipeline.Region.whole(image.shape[1:], pipeline.OFF)
+            if settings.enabled:
+                first = await self._plane(pipeline.first_pass_input(image, self.spacing, settings), "sagittal")
+                region = pipeline.locate(first, image.shape[1:], self.spacing, settings)
+            box = pipeline.crop(image, region)
+            stacks = await asyncio.gather(*(self._plane(box, plane) for plane in self.planes.PLANES))
             per_plane = dict(zip(self.planes.PLANES, stacks))
-            fusion_input = self.planes.fusion_input(per_plane, shape, self.num_classes, spacing=self.spacing)[None]
-            fused = (await self._infer("fusion", "FUSION_INPUT", fusion_input))[0]
+            fusion_input = pipeline.region_fusion_input(per_plane, region, self.num_classes, spacing=self.spacing)[None]
+            fused = pipeline.paste((await self._infer("fusion", "FUSION_INPUT", fusion_input))[0], region)
             del fusion_input  # 30 channels: the largest array, not needed for the outputs
         except _Failed as err:
             return _error(str(err), "UNAVAILABLE")
         wanted = set(request.requested_output_names())
         if not any(f"{plane.upper()}_{PROBABILITIES}" in wanted for plane in self.planes.PLANES):
             per_plane.clear()
-        outputs = {PROBABILITIES: lambda: fused, "CLASSES": lambda: fused.argmax(axis=0).astype(np.uint8)}
-        outputs.update({f"{plane.upper()}_{PROBABILITIES}": (lambda p=plane: per_plane[p]) for plane in self.planes.PLANES})
+        outputs = {PROBABILITIES: lambda: fused, "CLASSES": lambda: fused.argmax(axis=0).astype(np.uint8),
+                   REGION: region.code}
+        outputs.update({f"{plane.upper()}_{PROBABILITIES}": (lambda p=plane: pipeline.paste(per_plane[p], region))
+                        for plane in self.planes.PLANES})
         return pb_utils.InferenceResponse([pb_utils.Tensor(name, np.ascontiguousarray(make()))
                                            for name, make in outputs.items() if name in wanted])
+
+    def _settings(self, request):
+        """The model's region settings, turned on or off by the request parameter
+        ``spine_region`` (bool) when the request sets it."""
+        parameters = json.loads(request.parameters() or "{}")
+        if REGION_PARAMETER not in parameters:
+            return self.region
+        value = parameters[REGION_PARAMETER]
+        if not isinstance(value, bool):
+            raise ValueError(f"request parameter {REGION_PARAMETER} must be a bool, got {value!r}")
+        return dataclasses.replace(self.region, enabled=value)
 
     async def _plane(self, image: np.ndarray, plane: str) -> np.ndarray:
         """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack sent in chunks, all at
