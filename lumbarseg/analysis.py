@@ -40,7 +40,7 @@ def analyse(study: Study, segment: Callable[[Series], Segmentation], *, plane: s
     segmentation = segment(series)
     classes = segmentation.classes if plane is None else segmentation.plane_classes[plane]
     single = Study([series], study.structures, study.subject, study.set, study.source)
-    report, findings = measure.study_findings(single, [classes], plane_classes=[segmentation.plane_classes or None],
+    report, findings = measure.study_findings(single, [classes], plane_classes=[segmentation.fused_plane_classes or None],
                                               source="model" if plane is None else f"model:{plane}")
     # The levels the report names, on the map they were named on (one series: this one). No
     # findings means a segmentation without any tissue: its label map is empty too.
