@@ -47,7 +47,7 @@ def analyse(study: Study, segment: Callable[[Series], Segmentation], *, plane: s
     series = study.primary
     segmentation = segment(series)
     classes = segmentation.classes if plane is None else segmentation.plane_classes[plane]
-    plane_classes = segmentation.plane_classes or None
+    plane_classes = segmentation.fused_plane_classes or None
     box = None
     if crop:
         pad = [int(np.ceil(crop_pad_mm() / s)) + CROP_PAD for s in series.spacing]

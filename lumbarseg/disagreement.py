@@ -49,7 +49,9 @@ LEVEL_MIN_SHARE = 0.1
 
 def class_rate(plane_classes: dict[str, np.ndarray], region: np.ndarray | None = None) -> float | None:
     """Share of tissue voxels (within ``region``) where the planes' classes differ; None when
-    no plane finds tissue there."""
+    no plane finds tissue there or fewer than two planes are given (nothing to disagree)."""
+    if len(plane_classes) < 2:
+        return None
     stack = np.stack(list(plane_classes.values()))
     if region is not None:
         stack = stack[:, region]

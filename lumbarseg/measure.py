@@ -148,6 +148,11 @@ class LabelMap:
     description: str = ""
     plane_classes: dict[str, np.ndarray] | None = None
 
+    @functools.cached_property
+    def inverse(self) -> np.ndarray:
+        """``(4, 4)`` patient RAS mm -> voxel index."""
+        return np.linalg.inv(self.affine)
+
     def normal(self) -> np.ndarray:
         n = self.affine[:3, 2]
         return n / np.linalg.norm(n)
@@ -246,15 +251,16 @@ def disc_frame(inst: postprocess.Instance, affine: np.ndarray) -> Disc:
 
 def _sample(m: LabelMap, point: np.ndarray, u: np.ndarray, v: np.ndarray, grid: Grid) -> np.ndarray:
     """Tissue classes of ``m`` on the plane grid at ``point`` (nearest voxel; UNKNOWN outside)."""
-    pts = point + grid.V[:, None, None] * v + grid.U[None, :, None] * u
-    inv = np.linalg.inv(m.affine)
-    ijk = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+    # The plane's origin and its two steps in voxel indices, so each pixel costs two broadcast
+    # adds instead of a matrix product (this runs for every section of every disc).
+    rotation, shift = m.inverse[:3, :3], m.inverse[:3, 3]
+    ijk = (rotation @ point + shift) + grid.V[:, None, None] * (rotation @ v) + grid.U[None, :, None] * (rotation @ u)
     # Nearest neighbour by hand: map_coordinates' order-0 edge handling drops the outer half voxel.
     idx = np.rint(ijk).astype(np.int64)
-    inside = np.all((idx >= 0) & (idx < np.array(m.classes.shape)), axis=1)
-    out = np.full(len(idx), UNKNOWN, np.uint8)
+    inside = np.all((idx >= 0) & (idx < np.array(m.classes.shape)), axis=-1)
+    out = np.full(inside.shape, UNKNOWN, np.uint8)
     out[inside] = m.classes[tuple(idx[inside].T)]
-    return out.reshape(len(grid.V), len(grid.U))
+    return out
 
 
 def is_axial_stack(m: LabelMap, normal: np.ndarray, sections: SectionsConfig) -> bool:
@@ -281,7 +287,7 @@ def _splat(maps: Sequence[LabelMap], spacing: float = 1.5) -> tuple[np.ndarray, 
     out = np.zeros(len(xyz), np.uint8)
     todo = np.ones(len(xyz), bool)
     for m in maps:
-        inv = np.linalg.inv(m.affine)
+        inv = m.inverse
         idx = np.rint(xyz[todo] @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
         inside = np.all((idx >= 0) & (idx < np.array(m.classes.shape)), axis=1)
         where = np.flatnonzero(todo)[inside]
@@ -762,7 +768,7 @@ def _pixel(maps: list[LabelMap], f: LevelFindings, point: np.ndarray, grid: Grid
     else:
         s = next(s for s in f.sections)
     m = maps[s.series]
-    inv = np.linalg.inv(m.affine)
+    inv = m.inverse
     ijk = np.rint(inv[:3, :3] @ point + inv[:3, 3]).astype(int).tolist()
     out = {"series": s.series, "voxel": ijk}
     if s.slice is not None:
@@ -832,7 +838,7 @@ def _sac_component_share(findings: Findings, sec: Section, components: dict) -> 
     if len(sizes) < 2 or sec.sac is None:
         return None
     rows, cols = np.nonzero(sec.sac)
-    inv = np.linalg.inv(m.affine)
+    inv = m.inverse
     ijk = np.rint(sec.world(rows, cols, findings.grid) @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
     inside = np.all((ijk >= 0) & (ijk < np.array(m.classes.shape)), axis=1)
     ids = labels[tuple(ijk[inside].T)]

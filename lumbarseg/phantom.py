@@ -227,13 +227,14 @@ class Phantom:
         body_values = np.array([V[n] if n else 0 for n in self.body_names], np.uint8)
         label[bodies] = body_values[body_index[bodies]]
 
-        # Posterior elements, per vertebra: pedicles and lamina (unlabelled bone), articular
-        # processes at the facet joints (disc level), spinous process, ligamentum flavum.
+        # Posterior elements, per vertebra: pedicles and lamina and the articular processes at
+        # the facet joints (disc level), one class; spinous process, ligamentum flavum.
         canal_centre = -(dv + 11.0)
         arch_s = (s >= self.bodies[0][0] - 2) & (s <= self.bodies[-1][1])
         pedicle = arch_s & (np.abs(np.abs(l) - 11) < 4) & (a < -dv + 2) & (a > canal_centre) & ~in_disc_slab
         lamina = arch_s & (np.abs(a - (canal_centre - 11)) < 3) & (np.abs(l) < 14) & ~in_disc_slab
         look[pedicle | lamina] = BONE
+        label[pedicle | lamina] = V["articular_process"]
         facet = ((du / (half + 6)) ** 2 + ((a - (canal_centre - 4)) / 5.5) ** 2 + ((np.abs(l) - 17) / 5.0) ** 2) < 1
         facet &= s > self.discs[0][0] - 4
         look[facet] = MARROW

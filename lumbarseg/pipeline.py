@@ -282,7 +282,16 @@ class Segmentation:
     plane_classes: dict[str, np.ndarray]  # plane -> (I, J, K) what that plane alone predicts
     plane_probabilities: dict[str, np.ndarray]  # plane -> (K, X, Y, Z)
     probabilities: np.ndarray  # (K, X, Y, Z) fused
+    # The planes the fusion read: on a narrow sagittal slab the axial and coronal networks see
+    # no anatomy and the fusion ignores them (planes.slab_planes), so their disagreement with
+    # the sagittal plane says nothing about this study.
+    fused_planes: tuple[str, ...] = planes.PLANES
     region: Region | None = None  # where the networks ran (None: the backend does not say)
+
+    @property
+    def fused_plane_classes(self) -> dict[str, np.ndarray]:
+        """:attr:`plane_classes` of the :attr:`fused_planes`: what a finding's plane disagreement compares."""
+        return {p: c for p, c in self.plane_classes.items() if p in self.fused_planes}
 
 
 class Segmenter:
@@ -364,8 +373,9 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
         classes = planes.resample(probabilities, canonical.shape, "trilinear").argmax(axis=0)
         return planes.from_canonical(classes.astype(np.uint8), series)
 
+    silent = planes.slab_planes(image.shape[1:], spacing)
     return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused,
-                        where[0] if where else None)
+                        fused_planes=tuple(p for p in per_plane if p not in silent), region=where[0] if where else None)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

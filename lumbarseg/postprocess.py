@@ -94,10 +94,12 @@ def instances(classes: np.ndarray, affine: np.ndarray, tissue: int, min_volume_m
         return []
     voxel = _voxel_volume(affine)
     sizes = np.bincount(components.ravel())[1:]
-    centroids = ndimage.center_of_mass(np.ones_like(components), components, range(1, count + 1))
+    kept = np.flatnonzero(sizes * voxel >= min_volume_mm3)
+    # Centroids of the kept components only: a noisy map has hundreds of specks.
+    centroids = ndimage.center_of_mass(components > 0, components, kept + 1) if len(kept) else []
     out = []
-    for i in np.flatnonzero(sizes * voxel >= min_volume_mm3):
-        centroid = affine[:3, :3] @ np.asarray(centroids[i]) + affine[:3, 3]
+    for i, centre in zip(kept, centroids):
+        centroid = affine[:3, :3] @ np.asarray(centre) + affine[:3, 3]
         out.append(Instance(tissues.TISSUE_NAMES[tissue], components == i + 1, float(sizes[i] * voxel), centroid))
     return out
 

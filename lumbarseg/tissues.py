@@ -35,7 +35,9 @@ TISSUES: tuple[Tissue, ...] = (
     Tissue(2, "hernia", "Disc herniation", (255, 60, 60)),
     Tissue(3, "dural_sac", "Dural sac", (255, 230, 80)),
     Tissue(4, "vertebral_body", "Vertebral body", (240, 240, 200)),
-    Tissue(5, "articular_process", "Articular process", (180, 120, 255)),
+    # The neural arch but its spinous process: articular processes, pedicles and laminae (one
+    # class, so SPIDER's whole-vertebra label leaves no bone to call background; the name stays).
+    Tissue(5, "articular_process", "Articular process, pedicle or lamina", (180, 120, 255)),
     Tissue(6, "ligamentum_flavum", "Ligamentum flavum", (255, 160, 40)),
     Tissue(7, "spinous_process", "Spinous process", (120, 220, 120)),
     Tissue(8, "sacrum", "Sacrum", (200, 170, 130)),
@@ -73,9 +75,9 @@ STUDY_VALUES: dict[str, int] = {name: value for value, name in STUDY_LABELS.item
 ALIASES: dict[str, str] = {"spinal_canal": "dural_sac"}
 # Names that cover several classes: a voxel so labelled is one of them, not which one. SPIDER's
 # whole vertebra is body, articular and spinous processes, and the pedicles and laminae, which
-# this schema has no class for (phantoms leave them as unlabelled bone): background here.
+# the articular_process class holds (in phantoms too): every vertebra voxel is bone of a class.
 PARTIAL: dict[str, tuple[str, ...]] = {
-    "vertebra": ("vertebral_body", "articular_process", "spinous_process", "background"),
+    "vertebra": ("vertebral_body", "articular_process", "spinous_process"),
 }
 # In tissue-class maps (training targets, scored truth) a partial name gets a value after the
 # classes: the voxel is one of PARTIAL[name].

@@ -138,6 +138,47 @@ def test_plane_disagreement_is_reported_when_planes_are_given(herniated):
     assert differ["plane_disagreement"] > 0 and by_level(differ)["L3-L4"]["plane_disagreement"] > 0.2
 
 
+@pytest.mark.parametrize("width_mm, fused", [(20.0, ("sagittal",)), (60.0, ("sagittal", "coronal", "axial"))])
+def test_the_fusion_reads_only_planes_that_see_anatomy(width_mm, fused):
+    """On a sagittal slab narrower than planes.MIN_SLAB_MM the axial and coronal networks see no
+    anatomy and the fusion ignores them: the segmentation says so (fused_planes)."""
+    from lumbarseg import planes
+    from lumbarseg.pipeline import segment_series
+
+    k = tissues.NUM_TISSUES
+    series = Series(np.zeros((1, int(width_mm / 2), 40, 40), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), ("t2w",), "vol")
+
+    def predict(image):
+        background = np.zeros((k, *image.shape[1:]), np.float32)
+        background[0] = 1
+        return {p: background for p in planes.PLANES}, background
+
+    segmentation = segment_series(series, 2.0, predict)
+    assert segmentation.fused_planes == fused and tuple(segmentation.fused_plane_classes) == fused
+
+
+def test_a_level_has_no_plane_disagreement_from_planes_the_fusion_ignored(herniated):
+    """A finding's plane disagreement compares the planes the fusion read: on a slab (the
+    sagittal plane alone) there is none to report, rather than a disagreement with blind planes."""
+    from lumbarseg.analysis import analyse
+    from lumbarseg.pipeline import Segmentation
+
+    study, _ = herniated
+    classes = tissue_target(study.primary.label, study.structures)
+    blind = classes.copy()
+    blind[blind == measure.DISC] = 0
+
+    def report(fused_planes):
+        segmentation = Segmentation(classes, {"sagittal": classes, "axial": blind}, {}, np.zeros(0), fused_planes)
+        return analyse(study, lambda series: segmentation).report
+
+    slab, whole = report(("sagittal",)), report(("sagittal", "axial"))
+    assert slab["plane_disagreement"] is None and by_level(slab)["L3-L4"]["plane_disagreement"] is None
+    assert "plane disagreement" not in " ".join(by_level(slab)["L3-L4"]["herniation"]["confidence_reasons"])
+    assert by_level(whole)["L3-L4"]["plane_disagreement"] > 0.2
+    assert "plane disagreement" in " ".join(by_level(whole)["L3-L4"]["herniation"]["confidence_reasons"])
+
+
 def _tiny_study(label: np.ndarray | None) -> Study:
     series = Series(np.zeros((1, 20, 20, 20), np.float32), np.eye(4), ("t2w",), "vol", label)
     return Study([series], {1: "dural_sac", 9: "disc"}, subject="bad")
