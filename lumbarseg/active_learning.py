@@ -29,9 +29,9 @@ Strategies (:data:`STRATEGIES`; each scores with the previous round's model):
   and dural sac weighted above the rest, averaged with the worst disc level;
 * ``disagreement_error``: :func:`lumbarseg.disagreement.error_weighted`: per-class rates
   weighted by each class's held-out error (1 - Dice) in the previous round;
-* ``disagreement_diverse``: ``class_rate``, picked greedily with a penalty for a candidate of
-  the same set whose per-class profile is close to one already picked this round or labelled
-  (:func:`choose_diverse`);
+* ``disagreement_diverse``: the app's score (as ``disagreement``), picked greedily with a
+  penalty for a candidate of the same set whose per-class profile is close to one already
+  picked this round or labelled (:func:`choose_diverse`);
 * ``epistemic``: MC-dropout entropy (:func:`epistemic_entropy`). MONAI Label's own
   ``EpistemicScoring`` cannot score these models: it runs one MONAI 3D network by sliding-window
   inference, whereas a study here goes through three 2D plane networks and the 3D fusion.
@@ -234,8 +234,8 @@ def score_candidates(strategy: str, segmenter: Segmenter, candidates: list[str],
             value = disagreement.class_level(segmentation)
         elif strategy == "disagreement_error":
             value = disagreement.error_weighted(segmentation, errors or {})
-        else:  # disagreement, disagreement_diverse
-            value = disagreement.class_rate(segmentation.plane_classes)
+        else:  # disagreement, disagreement_diverse: the app's definition
+            value = disagreement.score(segmentation)
             if strategy == "disagreement_diverse":
                 profiles[key] = disagreement.class_rates(segmentation.plane_classes)
         scores[key] = value or 0.0
@@ -311,7 +311,7 @@ def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, 
     if strategy == "epistemic":
         curve["mc_samples"] = mc_samples
     if strategy.startswith("disagreement"):
-        curve["definition"] = {"disagreement": disagreement.DEFINITION, "disagreement_diverse": "class_rate",
+        curve["definition"] = {"disagreement": disagreement.DEFINITION, "disagreement_diverse": disagreement.DEFINITION,
                                "disagreement_level": "class_level",
                                "disagreement_error": "error_weighted"}[strategy]
     model, chosen, scores, dice = init_weights, list(labelled), None, {}

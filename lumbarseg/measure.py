@@ -153,6 +153,12 @@ class LabelMap:
         """``(4, 4)`` patient RAS mm -> voxel index."""
         return np.linalg.inv(self.affine)
 
+    def voxel_index(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest voxel ``(N, 3)`` of patient positions ``(N, 3)`` (mm), and whether each
+        lies inside the grid."""
+        idx = np.rint(xyz @ self.inverse[:3, :3].T + self.inverse[:3, 3]).astype(np.int64)
+        return idx, np.all((idx >= 0) & (idx < np.array(self.classes.shape)), axis=1)
+
     def normal(self) -> np.ndarray:
         n = self.affine[:3, 2]
         return n / np.linalg.norm(n)
@@ -287,9 +293,7 @@ def _splat(maps: Sequence[LabelMap], spacing: float = 1.5) -> tuple[np.ndarray, 
     out = np.zeros(len(xyz), np.uint8)
     todo = np.ones(len(xyz), bool)
     for m in maps:
-        inv = m.inverse
-        idx = np.rint(xyz[todo] @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-        inside = np.all((idx >= 0) & (idx < np.array(m.classes.shape)), axis=1)
+        idx, inside = m.voxel_index(xyz[todo])
         where = np.flatnonzero(todo)[inside]
         out[where] = m.classes[tuple(idx[inside].T)]
         todo[where] = False
@@ -768,8 +772,7 @@ def _pixel(maps: list[LabelMap], f: LevelFindings, point: np.ndarray, grid: Grid
     else:
         s = next(s for s in f.sections)
     m = maps[s.series]
-    inv = m.inverse
-    ijk = np.rint(inv[:3, :3] @ point + inv[:3, 3]).astype(int).tolist()
+    ijk = m.voxel_index(point[None])[0][0].tolist()
     out = {"series": s.series, "voxel": ijk}
     if s.slice is not None:
         out.update(slice=s.slice, pixel=ijk[:2])
@@ -838,9 +841,7 @@ def _sac_component_share(findings: Findings, sec: Section, components: dict) -> 
     if len(sizes) < 2 or sec.sac is None:
         return None
     rows, cols = np.nonzero(sec.sac)
-    inv = m.inverse
-    ijk = np.rint(sec.world(rows, cols, findings.grid) @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < np.array(m.classes.shape)), axis=1)
+    ijk, inside = m.voxel_index(sec.world(rows, cols, findings.grid))
     ids = labels[tuple(ijk[inside].T)]
     ids = ids[ids > 0]
     if not len(ids):
