@@ -8,6 +8,8 @@ angulated axial stacks, in any mix. Output: :func:`study_report`, a JSON-ready d
 
 How (every length in mm, in patient space; thresholds in ``configs/findings.json``):
 
+0. every map is post-processed first (:func:`lumbarseg.postprocess.remove_small_objects`:
+   specks and seams thinner than a class's minimum thickness are not tissue);
 1. levels are named from anatomy (:func:`lumbarseg.postprocess.name_levels`) on the study's
    largest series, or, for an axial-only study, on its axial stacks placed together in one
    patient-space grid;
@@ -32,6 +34,7 @@ How (every length in mm, in patient space; thresholds in ``configs/findings.json
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -536,7 +539,10 @@ def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
     cfg = config or load_config()
     sections_cfg = cfg.sections
     grid = Grid.from_config(sections_cfg)
-    maps = list(maps)
+    # Measure what post-processing keeps: specks and one-voxel seams are not tissue (a model's
+    # strip of "hernia" along the dural sac's front is not a herniation).
+    maps = [dataclasses.replace(m, classes=postprocess.remove_small_objects(m.classes, m.affine, post_config))
+            for m in maps]
     problems: list[str] = []
     known = [i for i, m in enumerate(maps) if (m.classes != UNKNOWN).any()] or list(range(len(maps)))
     primary = max(known, key=lambda i: maps[i].classes.size)
@@ -545,13 +551,13 @@ def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
     naming = maps[primary]
     naming_index: int | None = primary
     if len(maps) > 1 and is_axial_stack(naming, np.array([0.0, 0.0, 1.0]), sections_cfg):
-        naming = LabelMap(*_splat(maps), description="axial stacks together")
+        splat, affine = _splat(maps)
+        naming = LabelMap(postprocess.remove_small_objects(splat, affine, post_config), affine, "axial stacks together")
         naming_index = None
-    cleaned = postprocess.remove_small_objects(naming.classes, naming.affine, post_config)
-    levels = postprocess.name_levels(cleaned, naming.affine, post_config)
+    levels = postprocess.name_levels(naming.classes, naming.affine, post_config)
     if not levels.discs:
         problems.append("no intervertebral disc found: levels, herniation and stenosis need discs")
-        return Findings(maps, levels, [], grid, naming_index, problems, cleaned)
+        return Findings(maps, levels, [], grid, naming_index, problems, naming.classes)
 
     discs = [LevelFindings(disc_frame(inst, naming.affine)) for inst in levels.discs]
     for f in discs:
@@ -601,7 +607,7 @@ def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
         f.sections = [s for s in f.sections if s.slice is None or owner[(s.series, s.slice)][1] == n]
     if not any((m.classes == SAC).any() for m in maps):
         problems.append("no dural sac in the mask: sac size and stenosis not measured")
-    return Findings(maps, levels, discs, grid, naming_index, problems, cleaned)
+    return Findings(maps, levels, discs, grid, naming_index, problems, naming.classes)
 
 
 def _acquired_sections(index: int, m: LabelMap, d: Disc, reach: float, grid: Grid) -> list[Section]:

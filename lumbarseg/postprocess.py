@@ -4,7 +4,8 @@ The paper named discs by taking "the bottom 7": a detected sacrum, or an extra d
 every name and lost the top disc. Here levels come from anatomy, in patient space:
 
 1. connected components per class; objects smaller than a per-class volume in mm^3
-   (``configs/postprocess.json``) are removed;
+   (``configs/postprocess.json``) are removed, and so are the parts of a class thinner than its
+   ``min_thickness_mm`` (a herniation is a lump of disc material, not a one-voxel seam);
 2. disc and body centroids are ordered along the spine's main axis (a line fitted through
    them, pointing superior), so lordosis and oblique acquisitions do not matter;
 3. the anchor is the sacrum when one is visible (and no longer than an adult sacrum,
@@ -64,6 +65,7 @@ class PostprocessConfig:
     """``configs/postprocess.json``: what is too small to be an object, too long to be a sacrum."""
 
     min_volume_mm3: dict[str, float]  # per tissue name; a tissue not named keeps every object
+    min_thickness_mm: dict[str, float]  # per tissue name: what a ball this wide does not fit in is removed
     max_sacrum_length_mm: float  # a longer "sacrum" is a segmentation error, not an anchor
     anchor_checks: "AnchorChecks"
 
@@ -104,13 +106,28 @@ def instances(classes: np.ndarray, affine: np.ndarray, tissue: int, min_volume_m
     return out
 
 
+def _ball(diameter_mm: float, affine: np.ndarray) -> np.ndarray:
+    """Voxels of a ball ``diameter_mm`` wide on the grid of ``affine`` (anisotropic voxels: an ellipsoid)."""
+    radius = diameter_mm / 2 / np.linalg.norm(affine[:3, :3], axis=0)  # in voxels, per axis
+    half = np.floor(radius).astype(int)
+    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return sum((g / r) ** 2 for g, r in zip(grid, radius)) <= 1
+
+
 def remove_small_objects(classes: np.ndarray, affine: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
-    """Class map with components below each class's minimum volume (mm^3) set to background."""
-    minimum = (config or load_config()).min_volume_mm3
+    """Class map with the parts of a class thinner than its minimum thickness (mm) and the
+    components below its minimum volume (mm^3) set to background."""
+    config = config or load_config()
+    minimum = config.min_volume_mm3
     out = classes.copy()
     voxel = _voxel_volume(affine)
     for k, name in enumerate(tissues.TISSUE_NAMES[1:], start=1):
-        components, count = ndimage.label(classes == k)
+        mask = classes == k
+        if name in config.min_thickness_mm and mask.any():
+            thin = mask & ~ndimage.binary_opening(mask, _ball(config.min_thickness_mm[name], affine))
+            out[thin] = 0
+            mask &= ~thin
+        components, count = ndimage.label(mask)
         if count:
             small = np.bincount(components.ravel()) * voxel < minimum.get(name, 0)
             small[0] = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -258,7 +259,8 @@ def _segment(bulge: str = "none", depth: float = 0.0, sac: str = "whole") -> Stu
         label[canal] = 3
     else:
         label[canal & (np.abs(Z) > 9)] = 3
-        label[(np.abs(X) <= 2) & (Y >= -25) & (Y <= -23) & (np.abs(Z) <= 6)] = 3
+        # 7 x 6 x 13 mm: above post-processing's smallest dural sac (500 mm^3), under 50 mm^2 at the disc
+        label[(np.abs(X) <= 3) & (Y >= -27) & (Y <= -22) & (np.abs(Z) <= 6)] = 3
     series = Series(np.zeros((1, *shape), np.float32), affine, ("t2w",), "vol", label)
     return Study([series], {1: "disc", 2: "vertebral_body", 3: "dural_sac"}, subject="segment")
 
@@ -286,6 +288,25 @@ def test_a_focal_reach_behind_the_corner_line_is_a_herniation_a_broad_one_a_bulg
     h = measure.load_config().herniation
     assert measure.herniation_decision(focal["herniation"]["evidence"], h) == (True, ["corner line"])
     assert measure.herniation_decision(broad["herniation"]["evidence"], h) == (False, [])
+
+
+def test_a_seam_of_hernia_class_is_not_a_herniation_a_lump_is():
+    """What a network draws along the dural sac's front, a one-voxel seam of hernia class behind
+    the disc, is removed with the other thin and small pieces before measuring; a lump of hernia
+    class as thick as a real herniation decides by itself."""
+    study = _segment()
+    series = study.primary
+    x, y, z = (np.arange(n) + o for n, o in zip(series.shape, series.affine[:3, 3]))
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    seam, lump = series.label.copy(), series.label.copy()
+    seam[(np.abs(X) <= 8) & (Y == -16) & (np.abs(Z) <= 4)] = 4  # 153 mm^3, 1 mm thick
+    lump[(X**2 + (Y + 19) ** 2 + Z**2) <= 3.5**2] = 4  # a 7 mm ball in the canal, against the disc
+    structures = {**study.structures, 4: "hernia"}
+    (thin,) = measure.study_report(Study([replace(series, label=seam)], structures))["levels"]
+    (thick,) = measure.study_report(Study([replace(series, label=lump)], structures))["levels"]
+    assert thin["herniation"]["evidence"]["hernia_class_mm3"] == 0 and not thin["herniation"]["present"]
+    assert thick["herniation"]["present"] and thick["herniation"]["decided_by"] == ["hernia class"]
+    assert thick["herniation"]["evidence"]["hernia_class_mm3"] > 100
 
 
 def test_a_reach_just_under_the_threshold_is_absent_with_low_confidence():

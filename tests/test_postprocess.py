@@ -99,6 +99,25 @@ def test_small_objects_go_and_label_map_names_levels():
     assert {tissues.STUDY_LABELS[v] for v in np.unique(labels) if v} >= {*tissues.DISC_LEVELS, "L5", "T11", "sacrum"}
 
 
+def test_a_hernia_thinner_than_its_minimum_thickness_goes_a_lump_stays():
+    """A one-voxel seam of hernia class (what a network draws along the dural sac's front) is
+    not a herniation however long it is; a lump as thick as a real one keeps every voxel."""
+    hernia = tissues.TISSUE_NAMES.index("hernia")
+    thickness = postprocess.load_config().min_thickness_mm["hernia"]
+    classes = np.zeros((40, 40, 60), np.uint8)
+    classes[5, 5:35, 5:55] = hernia  # a 1 mm sheet, 1500 mm^3
+    x, y, z = np.ogrid[:40, :40, :60]
+    lump = (x - 24) ** 2 + (y - 24) ** 2 + (z - 30) ** 2 <= 4.5**2  # a 9 mm ball
+    classes[lump] = hernia
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    cleaned = postprocess.remove_small_objects(classes, affine)
+    assert thickness < 9 and not (cleaned[5] == hernia).any()
+    assert ((cleaned == hernia) == lump).all()
+    # on a coarse slice axis (4 mm) the ball is flat: the sheet still goes, the lump stays
+    coarse = postprocess.remove_small_objects(classes, np.diag([1.0, 1.0, 4.0, 1.0]))
+    assert not (coarse[5] == hernia).any() and (coarse[lump] == hernia).mean() > 0.95
+
+
 def test_the_anchor_is_checked_against_the_sacrum_shape():
     """A wedge-shaped sacrum anchors with high confidence; a box-shaped "sacrum" no longer than
     a body (L5 taken for the sacrum) keeps the names but says so and lowers the confidence."""
