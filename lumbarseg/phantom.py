@@ -87,8 +87,9 @@ class PhantomSpec:
         extra = int(overrides.pop("extra_discs", rng.choice([0, 0, 1, 2])))
         levels = len(tissues.DISC_LEVELS) + extra
         hernia_levels = overrides.pop("hernia_levels", None)
+        hernia_probability = overrides.pop("hernia_probability", 0.35)  # per disc from L1-L2 down
         if hernia_levels is None:
-            hernia_levels = [lv for lv in tissues.DISC_LEVELS[2:] if rng.random() < 0.35]
+            hernia_levels = [lv for lv in tissues.DISC_LEVELS[2:] if rng.random() < hernia_probability]
         hernias = []
         for level in hernia_levels:
             direction = str(rng.choice(["central", "paracentral", "foraminal"], p=[0.4, 0.4, 0.2]))

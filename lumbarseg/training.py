@@ -51,6 +51,9 @@ class PhantomDraw:
     train: int  # phantoms the plane networks train on
     fusion: int  # phantoms the fusion trains on
     seed: int  # phantom i of the train group is phantom.generate(seed + i); of the fusion group, seed + 100000 + i
+    # Chance of a hernia at each disc from L1-L2 down (phantom.PhantomSpec.sample; 0.35 as
+    # lumbarseg phantoms draws them): more hernias to learn the class from.
+    hernia_probability: float = 0.35
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,8 @@ def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
         from lumbarseg import phantom
     for group, count, offset in (("train", draw.train, 0), ("fusion", draw.fusion, 100_000)):
         for i in range(count):
-            out[group].append(datasets.prepare(phantom.generate(draw.seed + offset + i), preset.spacing_mm))
+            study = phantom.generate(draw.seed + offset + i, hernia_probability=draw.hernia_probability)
+            out[group].append(datasets.prepare(study, preset.spacing_mm))
     if not out["train"]:
         raise StudyError(", ".join(map(str, data_dirs)), "no training studies")
     return out

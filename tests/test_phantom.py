@@ -98,6 +98,16 @@ def test_seed_reproduces_and_differs():
     assert a.image.shape != c.image.shape or not np.array_equal(a.image, c.image)
 
 
+def test_hernia_probability_sets_how_many_discs_herniate_and_nothing_else():
+    """Training presets draw phantoms with more hernias (PhantomDraw.hernia_probability); the
+    default is what ``lumbarseg phantoms`` draws (the evaluation phantoms stay as they were)."""
+    default = phantom.PhantomSpec.sample(5)
+    assert phantom.PhantomSpec.sample(5, hernia_probability=0.35) == default
+    every = phantom.PhantomSpec.sample(5, hernia_probability=1.0)
+    assert [h.level for h in every.hernias] == list(tissues.DISC_LEVELS[2:])
+    assert not phantom.PhantomSpec.sample(5, hernia_probability=0.0).hernias
+
+
 def test_clinical_axial_stacks_are_parallel_to_their_discs_and_not_axis_aligned():
     study = phantom.clinical_study(5, lordosis_deg=45.0)
     sagittal, axials = study.series[0], study.series[1:]
