@@ -124,9 +124,9 @@ def remove_small_objects(classes: np.ndarray, affine: np.ndarray, config: Postpr
     for k, name in enumerate(tissues.TISSUE_NAMES[1:], start=1):
         mask = classes == k
         if name in config.min_thickness_mm and mask.any():
-            thin = mask & ~ndimage.binary_opening(mask, _ball(config.min_thickness_mm[name], affine))
-            out[thin] = 0
-            mask &= ~thin
+            opened = ndimage.binary_opening(mask, _ball(config.min_thickness_mm[name], affine))
+            out[mask & ~opened] = 0
+            mask = opened
         components, count = ndimage.label(mask)
         if count:
             small = np.bincount(components.ravel()) * voxel < minimum.get(name, 0)
