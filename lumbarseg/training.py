@@ -93,6 +93,10 @@ class TrainingPreset:
     # labels, crop placed around it (nnU-Net's foreground oversampling): small tissues such as a
     # hernia or the sacrum are otherwise too rare in random crops to be learnt.
     class_centred_fraction: float = 0.0
+    # How often each class is the one a class-centred slice cuts through, relative to the others
+    # a study labels (default 1 each): a phantom labels eleven classes, so without it a hernia
+    # centres about one class-centred slice in eleven.
+    centre_weights: dict[str, float] = field(default_factory=dict)
     # Cross-entropy weight of pixels surely of a class (default 1): tissues only phantoms label
     # (sacrum, spinous process: marrow like the bodies; hernia: tiny) are otherwise never learnt.
     class_weights: dict[str, float] = field(default_factory=dict)
@@ -113,9 +117,10 @@ class TrainingPreset:
             known = sorted(p.stem for p in PRESETS.glob("*.json"))
             raise ConfigError(name_or_path, f"no such training preset; known: {known}")
         preset = read_config(cls, path)
-        unknown = set(preset.class_weights) - set(tissues.TISSUE_NAMES)
-        if unknown:
-            raise ConfigError(path, f"class_weights names unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
+        for key in ("class_weights", "centre_weights"):
+            unknown = set(getattr(preset, key)) - set(tissues.TISSUE_NAMES)
+            if unknown:
+                raise ConfigError(path, f"{key} names unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
         return preset
 
 
@@ -224,7 +229,7 @@ class SliceDataset(Dataset):
     """``iterations * batch_size`` random training slices of one plane for one epoch.
 
     Each item draws a study (:class:`_SetDraw`) and a slice: through a voxel of a randomly
-    drawn labelled class (``class_centred_fraction``), else mostly among slices with labels;
+    drawn labelled class (``class_centred_fraction``, classes drawn by ``centre_weights``), else mostly among slices with labels;
     crops or pads it to the preset's input size, augments it, and returns ``image (3, S, S)``
     and ``allowed (K, S, S)``.
     Item ``i`` of epoch ``e`` is the same on every run.
@@ -245,6 +250,13 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return self.preset.iterations_per_epoch * self.preset.batch_size
 
+    def _centre_class(self, volume: datasets.TrainingVolume, rng: np.random.Generator) -> int:
+        classes = sorted(volume.class_voxels)
+        if not self.preset.centre_weights:
+            return int(rng.choice(classes))
+        weights = np.array([self.preset.centre_weights.get(tissues.TISSUE_NAMES[k], 1.0) for k in classes])
+        return int(rng.choice(classes, p=weights / weights.sum()))
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.preset.seed, self.epoch, i, planes.PLANES.index(self.plane)])
         # Presets without set_weights or class_centred_fraction draw nothing for them, so their
@@ -254,7 +266,7 @@ class SliceDataset(Dataset):
         axis = planes.NORMAL_AXIS[self.plane]
         keep = (None, None)
         if self.preset.class_centred_fraction and volume.class_voxels and rng.random() < self.preset.class_centred_fraction:
-            voxels = volume.class_voxels[int(rng.choice(sorted(volume.class_voxels)))]
+            voxels = volume.class_voxels[self._centre_class(volume, rng)]
             voxel = voxels[rng.integers(len(voxels))]
             index, keep = int(voxel[axis]), tuple(int(voxel[a]) for a in range(3) if a != axis)
         elif labelled.size and rng.random() < self.preset.labelled_slice_fraction:

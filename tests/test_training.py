@@ -153,13 +153,16 @@ def test_class_centred_slices_show_a_rare_class_in_their_crop():
     preset = replace(TrainingPreset.load("smoke"), input_size=12, augment_probability=0.0, batch_size=1,
                      iterations_per_epoch=200)
 
-    def share_with_rare(fraction: float) -> float:
-        data = SliceDataset([volume], "axial", replace(preset, class_centred_fraction=fraction), epoch=0)
+    def share_with_rare(fraction: float, centre_weights: dict | None = None) -> float:
+        data = SliceDataset([volume], "axial", replace(preset, class_centred_fraction=fraction,
+                                                        centre_weights=centre_weights or {}), epoch=0)
         rare = [bool((data[i][1][8] & (data[i][1].sum(0) == 1)).any()) for i in range(len(data))]
         return sum(rare) / len(rare)
 
     assert share_with_rare(0.0) < 0.05
     assert 0.4 < share_with_rare(1.0) < 0.6  # half the draws pick the rare class, always in the crop
+    rare_name = tissues.TISSUE_NAMES[8]
+    assert 0.85 < share_with_rare(1.0, {rare_name: 9.0}) < 0.95  # nine draws in ten
 
 
 def test_a_preset_weighting_an_unknown_tissue_names_the_file(tmp_path):
@@ -170,3 +173,8 @@ def test_a_preset_weighting_an_unknown_tissue_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="coccyx") as error:
         TrainingPreset.load(path)
     assert str(path) in str(error.value)
+    data["class_weights"] = {}
+    data["centre_weights"] = {"coccyx": 3.0}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="centre_weights names unknown tissue.*coccyx"):
+        TrainingPreset.load(path)
