@@ -89,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
     model = train(TrainingPreset.load(args.preset), [Path(d) for d in args.data], out,
-                  init=Path(args.init) if args.init else None)
+                  init=Path(args.init) if args.init else None,
+                  **({"networks": tuple(args.networks)} if args.networks else {}))
     print(f"weights: {model}")
     return 0
 
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: checkpoints, cache, log, learning curves, model/")
     p.add_argument("--init", metavar="WEIGHTS", help="start every network from this weights folder (a warm start, "
                                                      "e.g. weights/lite), not from random weights")
+    p.add_argument("--networks", nargs="+", metavar="NET",
+                   help="train only these of sagittal, coronal, axial, fusion (default all); the others are taken from --init")
     p.set_defaults(run=_train)
 
     p = sub.add_parser("evaluate", help="Dice per class, per subject and per level for each plane and the ensemble",

@@ -67,6 +67,10 @@ class FusionRecipe:
     learning_rate: float
     # Draw patches set by set (as the planes draw slices), not study by study.
     balance_sets: bool = False
+    # The fusion's own cross-entropy class weights; None: the preset's. A class weighted hard
+    # enough for the planes to learn it is over-drawn if the fusion weighs it as much: the
+    # fusion then only has to calibrate it.
+    class_weights: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,14 @@ class TrainingPreset:
     # (sacrum, spinous process: marrow like the bodies; hernia: tiny) are otherwise never learnt.
     class_weights: dict[str, float] = field(default_factory=dict)
 
-    def class_weight_tensor(self) -> torch.Tensor | None:
-        if not self.class_weights:
+    def class_weight_tensor(self, network: str = "planes") -> torch.Tensor | None:
+        """Cross-entropy weights per tissue class for the plane networks or the ``fusion``."""
+        weights = self.class_weights
+        if network == "fusion" and self.fusion.class_weights is not None:
+            weights = self.fusion.class_weights
+        if not weights:
             return None
-        return torch.tensor([float(self.class_weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES])
+        return torch.tensor([float(weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES])
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "TrainingPreset":
@@ -117,8 +125,10 @@ class TrainingPreset:
             known = sorted(p.stem for p in PRESETS.glob("*.json"))
             raise ConfigError(name_or_path, f"no such training preset; known: {known}")
         preset = read_config(cls, path)
-        for key in ("class_weights", "centre_weights"):
-            unknown = set(getattr(preset, key)) - set(tissues.TISSUE_NAMES)
+        named = {"class_weights": preset.class_weights, "centre_weights": preset.centre_weights,
+                 "fusion.class_weights": preset.fusion.class_weights or {}}
+        for key, weights in named.items():
+            unknown = set(weights) - set(tissues.TISSUE_NAMES)
             if unknown:
                 raise ConfigError(path, f"{key} names unknown tissue(s) {sorted(unknown)}; tissues are {tissues.TISSUE_NAMES}")
         return preset
@@ -438,7 +448,7 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
         return validation_dice(lambda v: preds[v.key], volumes)
 
     history = _run_epochs("fusion", model, loader, f.epochs, f.learning_rate, preset.weight_decay,
-                          validate, checkpoint, preset.class_weight_tensor())
+                          validate, checkpoint, preset.class_weight_tensor("fusion"))
     return model, history
 
 
