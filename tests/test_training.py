@@ -56,6 +56,31 @@ def test_training_is_deterministic_and_resumes(trained, phantom_data, tmp_path):
     assert json.loads((resumed / "model.json").read_text())["history"] == history
 
 
+def test_the_cli_trains_only_the_networks_named_and_copies_the_others(trained, phantom_data, tmp_path):
+    _, model = trained
+    out = tmp_path / "fusion_only"
+    assert cli.main(["train", "--data", str(phantom_data), "--preset", "smoke", "--init", str(model),
+                     "--networks", "fusion", "--out", str(out)]) == 0
+    info = json.loads((out / "model" / "model.json").read_text())
+    assert set(info["history"]) == {"fusion"}
+    for name in ("sagittal", "coronal", "axial"):
+        a, b = torch.load(model / f"{name}.pt"), torch.load(out / "model" / f"{name}.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    before, after = torch.load(model / "fusion.pt"), torch.load(out / "model" / "fusion.pt")
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_fusion_weighs_classes_by_its_own_class_weights_when_given():
+    preset = TrainingPreset.load("smoke")
+    hernia = tissues.TISSUE_NAMES.index("hernia")
+    planes_only = replace(preset, class_weights={"hernia": 100.0})
+    assert planes_only.class_weight_tensor("fusion")[hernia] == 100.0  # None: the preset's
+    own = replace(planes_only, fusion=replace(preset.fusion, class_weights={}))
+    assert own.class_weight_tensor()[hernia] == 100.0 and own.class_weight_tensor("fusion") is None
+    calibrated = replace(planes_only, fusion=replace(preset.fusion, class_weights={"hernia": 2.0}))
+    assert calibrated.class_weight_tensor("fusion")[hernia] == 2.0
+
+
 def test_evaluate_reports_every_model_per_class(trained, phantom_data, tmp_path):
     _, model = trained
     out = tmp_path / "results.json"
@@ -177,4 +202,9 @@ def test_a_preset_weighting_an_unknown_tissue_names_the_file(tmp_path):
     data["centre_weights"] = {"coccyx": 3.0}
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="centre_weights names unknown tissue.*coccyx"):
+        TrainingPreset.load(path)
+    data["centre_weights"] = {}
+    data["fusion"]["class_weights"] = {"coccyx": 3.0}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="fusion.class_weights names unknown tissue.*coccyx"):
         TrainingPreset.load(path)
