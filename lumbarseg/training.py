@@ -98,8 +98,8 @@ class TrainingPreset:
     # hernia or the sacrum are otherwise too rare in random crops to be learnt.
     class_centred_fraction: float = 0.0
     # How often each class is the one a class-centred slice cuts through, relative to the others
-    # a study labels (default 1 each): a phantom labels eleven classes, so without it a hernia
-    # centres about one class-centred slice in eleven.
+    # a study labels (default 1 each): a phantom labels eight classes, so without it a hernia
+    # centres about one class-centred slice in eight.
     centre_weights: dict[str, float] = field(default_factory=dict)
     # Cross-entropy weight of pixels surely of a class (default 1): tissues only phantoms label
     # (sacrum, spinous process: marrow like the bodies; hernia: tiny) are otherwise never learnt.
@@ -239,7 +239,8 @@ class SliceDataset(Dataset):
     """``iterations * batch_size`` random training slices of one plane for one epoch.
 
     Each item draws a study (:class:`_SetDraw`) and a slice: through a voxel of a randomly
-    drawn labelled class (``class_centred_fraction``, classes drawn by ``centre_weights``), else mostly among slices with labels;
+    drawn labelled class (``class_centred_fraction``; the class by ``centre_weights``), else
+    mostly among slices with labels;
     crops or pads it to the preset's input size, augments it, and returns ``image (3, S, S)``
     and ``allowed (K, S, S)``.
     Item ``i`` of epoch ``e`` is the same on every run.
