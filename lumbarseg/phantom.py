@@ -33,14 +33,14 @@ CONTRASTS = ("t2w", "t1w", "dixon_water", "dixon_fat", "dixon_in", "dixon_opp")
 STENOSIS_AP_FACTOR = {"none": 1.0, "mild": 0.42, "moderate": 0.3, "severe": 0.19}
 
 # Appearance classes (not labels): what a voxel looks like in MRI.
-AIR, FAT, MUSCLE, SOFT, MARROW, NUCLEUS, ANNULUS, CSF, LIGAMENT, HERNIA, BONE = range(11)
+AIR, FAT, MUSCLE, SOFT, MARROW, NUCLEUS, ANNULUS, CSF, LIGAMENT, BONE = range(10)
 # Relative signal per appearance class and contrast (T2: fluid bright; T1: fat bright; Dixon
 # water/fat separate the two, in = water + fat, opp = |water - fat|).
-_WATER = np.array([0.0, 0.06, 0.42, 0.5, 0.3, 0.85, 0.32, 0.95, 0.08, 0.5, 0.05])
-_FATSIG = np.array([0.0, 0.92, 0.05, 0.12, 0.45, 0.02, 0.03, 0.0, 0.02, 0.03, 0.02])
+_WATER = np.array([0.0, 0.06, 0.42, 0.5, 0.3, 0.85, 0.32, 0.95, 0.08, 0.05])
+_FATSIG = np.array([0.0, 0.92, 0.05, 0.12, 0.45, 0.02, 0.03, 0.0, 0.02, 0.02])
 SIGNAL = {
-    "t2w": np.array([0.0, 0.72, 0.22, 0.4, 0.45, 0.92, 0.3, 1.0, 0.08, 0.5, 0.05]),
-    "t1w": np.array([0.0, 1.0, 0.35, 0.45, 0.72, 0.38, 0.3, 0.12, 0.08, 0.35, 0.05]),
+    "t2w": np.array([0.0, 0.72, 0.22, 0.4, 0.45, 0.92, 0.3, 1.0, 0.08, 0.05]),
+    "t1w": np.array([0.0, 1.0, 0.35, 0.45, 0.72, 0.38, 0.3, 0.12, 0.08, 0.05]),
     "dixon_water": _WATER,
     "dixon_fat": _FATSIG,
     "dixon_in": _WATER + _FATSIG,
@@ -271,9 +271,12 @@ class Phantom:
         label[disc] = disc_values[index[disc]]
         self._degeneration = degeneration
 
-        # Hernias: disc material through the posterior annulus into the canal.
+        # Hernias: disc material through the posterior annulus into the canal. It looks like the
+        # annulus it came through (T2 iso- to hypointense, as real protrusions do), so only its
+        # shape tells it from the disc; a grey of its own sat halfway between the dural sac and
+        # the dark band in front of it, which every partial-volume voxel there matches.
         hernia = self._hernia_mask(s, a, l, index) & ~disc
-        look[hernia] = HERNIA
+        look[hernia] = ANNULUS
         label[hernia] = V["hernia"]
 
         # Sacrum: below the L5-S1 disc, tapering downwards.
