@@ -12,7 +12,9 @@ every name and lost the top disc. Here levels come from anatomy, in patient spac
    ``max_sacrum_length_mm``): the lowest disc above its top is L5-S1, and "discs" inside the
    sacrum are dropped, unless a whole vertebral body sits on one (the sacrum is fused: such a
    "sacrum" took in lumbar bone). Without a sacrum the lowest disc is taken as L5-S1
-   (the lowest body as L5), with lower confidence;
+   (the lowest body as L5), with lower confidence, unless a lumbar-sized vertebral body with
+   another body below it lies under that disc: then L5-S1 was not found, the lowest disc is
+   L4-L5 and the body under it L5 (``missing_lowest_disc``);
 4. names go up from the anchor, skipping a level where the gap to the next disc is about twice
    the usual spacing (a disc not found); discs above T11-T12 stay unnamed;
 5. each body takes the name of the vertebra above the disc below it (L4 sits above L4-L5);
@@ -68,6 +70,7 @@ class PostprocessConfig:
     min_thickness_mm: dict[str, float]  # per tissue name: what a ball this wide does not fit in is removed
     max_sacrum_length_mm: float  # a longer "sacrum" is a segmentation error, not an anchor
     anchor_checks: "AnchorChecks"
+    missing_lowest_disc: "MissingLowestDisc"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,14 @@ class AnchorChecks:
     sacrum_min_length_ratio: float  # a sacrum at most this many lumbar body lengths long ...
     sacrum_max_taper: float  # ... or tapering less than this (caudal / cranial depth) is box-shaped
     lowest_disc_min_wedge_deg: float  # a lowest disc wedged less than this (and than the disc above) is not typical of L5-S1
+
+
+@dataclass(frozen=True)
+class MissingLowestDisc:
+    """When, without a sacrum, the lowest disc found is L4-L5 (:func:`_lowest_disc_missed`)."""
+
+    upper_body_share: float  # the body right under the lowest disc is at least this share of the median body ...
+    lower_body_share: float  # ... and a second body under it at least this share
 
 
 @functools.cache
@@ -256,7 +267,12 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, config: PostprocessConf
         anchor = "lowest body"
     discs = _regularise(discs, affine, axis, notes, split=False)
     bodies = _regularise(bodies, affine, axis, notes, split=True)
-    _count_up(discs, tuple(reversed(tissues.DISC_LEVELS)))
+    missed = anchor == "lowest disc" and _lowest_disc_missed(discs, bodies, cfg.missing_lowest_disc)
+    if missed:
+        confidence *= 0.8
+        notes.append("a lumbar-sized vertebral body with another body below it lies under the lowest disc: "
+                     "L5-S1 was not found, the lowest disc is named L4-L5")
+    _count_up(discs, tuple(reversed(tissues.DISC_LEVELS))[int(missed):])
     if any(d.name is None for d in discs):
         notes.append(f"{sum(d.name is None for d in discs)} disc(s) above T11-T12 left unnamed")
     _name_bodies(bodies, discs)
@@ -367,18 +383,36 @@ def _carrying_a_body(candidates: list[Instance], discs: list[Instance], bodies: 
     return out
 
 
+def _lowest_disc_missed(discs: list[Instance], bodies: list[Instance], cfg: MissingLowestDisc) -> bool:
+    """Whether a whole lumbar-sized body with a second body below it lies under the lowest disc.
+    Under L5-S1 there is only the sacrum: at most the S1 body, often drawn in part. Two bodies,
+    the upper one whole, mean the disc between them (L5-S1) was not found."""
+    if not discs or len(bodies) < 3:
+        return False
+    median = float(np.median([b.volume_mm3 for b in bodies]))
+    under = [b for b in bodies if b.position < discs[0].position]
+    return len(under) >= 2 and under[-1].volume_mm3 >= cfg.upper_body_share * median \
+        and under[-2].volume_mm3 >= cfg.lower_body_share * median
+
+
 def _name_bodies(bodies: list[Instance], discs: list[Instance]) -> None:
-    """A body above disc "X-Y" is X; with no discs, the lowest body is L5 and names go up."""
+    """A body above disc "X-Y" is X; the body right under the lowest named disc "X-Y" is Y
+    unless Y is S1 (the sacrum's body, not a lumbar vertebra); with no discs, the lowest body is
+    L5 and names go up."""
     upper = {level: level.split("-")[0] for level in tissues.DISC_LEVELS}
     named_discs = [d for d in discs if d.name]
     if not named_discs:
         _count_up(bodies, tuple(reversed(tissues.VERTEBRAE[:-1])))
         return
+    lowest = named_discs[0]
+    under = [b for b in bodies if b.position < lowest.position]
     for body in bodies:
         below = [d for d in named_discs if d.position < body.position]
         if below:
             body.name = upper[below[-1].name]
-        else:  # below the lowest named disc: the sacrum's body, not a lumbar vertebra
+        elif under and body is under[-1] and lowest.name != "L5-S1":
+            body.name = lowest.name.split("-")[1]
+        else:
             body.name = None
 
 
