@@ -86,7 +86,8 @@ class AnchorChecks:
 class MissingLowestDisc:
     """When, without a sacrum, the lowest disc found is L4-L5 (:func:`_lowest_disc_missed`)."""
 
-    upper_body_share: float  # the body right under the lowest disc is at least this share of the median body ...
+    upper_body_share: float  # the body right under the lowest disc is at least this share of the median body,
+    upper_body_drop: float  # its centre at least this many disc spacings below the disc's (not beside it) ...
     lower_body_share: float  # ... and a second body under it at least this share
 
 
@@ -387,11 +388,13 @@ def _lowest_disc_missed(discs: list[Instance], bodies: list[Instance], cfg: Miss
     """Whether a whole lumbar-sized body with a second body below it lies under the lowest disc.
     Under L5-S1 there is only the sacrum: at most the S1 body, often drawn in part. Two bodies,
     the upper one whole, mean the disc between them (L5-S1) was not found."""
-    if not discs or len(bodies) < 3:
+    if len(discs) < 2 or len(bodies) < 3:
         return False
     median = float(np.median([b.volume_mm3 for b in bodies]))
+    spacing = float(np.median(np.diff([d.position for d in discs])))
     under = [b for b in bodies if b.position < discs[0].position]
     return len(under) >= 2 and under[-1].volume_mm3 >= cfg.upper_body_share * median \
+        and discs[0].position - under[-1].position >= cfg.upper_body_drop * spacing \
         and under[-2].volume_mm3 >= cfg.lower_body_share * median
 
 
