@@ -4,6 +4,8 @@ holdout by default, every subject with --all-subjects."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +16,7 @@ from lumbarseg.datasets import tissue_target
 from lumbarseg.evaluation import evaluated_entries, scored_groups
 from lumbarseg.io import manifest
 from lumbarseg.pipeline import Segmentation, Segmenter
-from lumbarseg.training import GROUPS, SPLIT, load_split, subject_unit
+from lumbarseg.training import GROUPS, REPO, SPLIT, load_split, subject_unit
 
 
 def units(entries, set_name: str) -> set[str]:
@@ -24,6 +26,14 @@ def units(entries, set_name: str) -> set[str]:
 def test_the_cli_offers_the_split_groups():
     assert cli.SPLIT_GROUPS == GROUPS
     assert all(set(groups) == set(GROUPS) for groups in json.loads(SPLIT.read_text())["sets"].values())
+
+
+@pytest.mark.parametrize("command", ["evaluate", "evaluate-findings"])
+def test_the_help_offering_them_loads_no_torch(command):
+    probe = (f"import sys; from lumbarseg import cli\ntry: cli.build_parser().parse_args([{command!r}, '-h'])\n"
+             "except SystemExit: pass\nsys.exit('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0 and "--groups GROUP" in result.stdout, result.stderr
 
 
 @pytest.mark.realdata
