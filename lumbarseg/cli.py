@@ -184,10 +184,10 @@ def _add_subject_choice(p: argparse.ArgumentParser) -> None:
     """--groups or --all-subjects: which subjects of the sets in configs/data/split.json are scored."""
     chosen = p.add_mutually_exclusive_group()
     chosen.add_argument("--groups", nargs="+", choices=SPLIT_GROUPS, default=["holdout"], metavar="GROUP",
-                        help=f"score only the subjects of these groups of configs/data/split.json ({', '.join(SPLIT_GROUPS)}; "
-                             "default holdout, which also takes the subjects no group names); e.g. train fusion to "
-                             "judge a candidate before any held-out figure. Sets the split does not name are "
-                             "scored whole")
+                        help="score only the subjects of these groups of configs/data/split.json "
+                             f"({', '.join(SPLIT_GROUPS)}; default holdout, which also takes the subjects no group "
+                             "names); e.g. train fusion to judge a candidate before any held-out figure. Sets the "
+                             "split does not name are scored whole")
     chosen.add_argument("--all-subjects", action="store_true", help="score every subject, those trained on too")
 
 

@@ -94,7 +94,8 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             return lambda r: "–" if not r["findings"]["radiologist"] else cell(r["findings"]["radiologist"])
 
         def sac(g: dict) -> str:
-            return "–" if not g["dural_sac"] or g["dural_sac"]["ap_mae_mm"] is None else f"{g['dural_sac']['ap_mae_mm']:.2f}"
+            error = (g["dural_sac"] or {}).get("ap_mae_mm")
+            return "–" if error is None else f"{error:.2f}"
 
         row("radiologist's gradings: herniation by order, sensitivity / specificity (FP of healthy discs)",
             graded(lambda g: detection(g["herniation_by_order"])))
