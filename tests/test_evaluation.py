@@ -47,7 +47,7 @@ def test_groups_select_exactly_the_split_subjects_of_every_real_set(shared_data)
     for set_name, groups in split.items():
         assert units(chosen, set_name) == set(groups["train"]) | set(groups["fusion"]), set_name
         assert units(holdout, set_name) == set(groups["holdout"]), set_name
-    assert {e.set for e in every} <= set(split)  # no study of the shared data was left out by its set
+    assert {e.set for e in every} <= set(split)  # every shared set is in the split: none is scored whole
     assert len(chosen) + len(holdout) == len(every)
 
 
