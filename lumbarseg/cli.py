@@ -10,6 +10,7 @@ from pathlib import Path
 from lumbarseg import __version__
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "lite"
+SPLIT_GROUPS = ("train", "fusion", "holdout")  # lumbarseg.training.GROUPS, whose import loads torch: not for -h
 
 
 def _phantoms(args: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from lumbarseg.evaluation import evaluate, print_results
 
-    results = evaluate(args.weights, args.data, all_subjects=args.all_subjects)
+    results = evaluate(args.weights, args.data, all_subjects=args.all_subjects, groups=tuple(args.groups))
     Path(args.out).write_text(json.dumps(results, indent=1))
     print_results(results)
     print(f"wrote {args.out}")
@@ -113,7 +114,7 @@ def _evaluate_findings(args: argparse.Namespace) -> int:
     from lumbarseg.findings import evaluate_findings, print_findings
 
     results = evaluate_findings(args.data, args.source, args.weights, reports=args.reports,
-                                all_subjects=args.all_subjects)
+                                all_subjects=args.all_subjects, groups=tuple(args.groups))
     Path(args.out).write_text(json.dumps(results, indent=1))
     print_findings(results)
     print(f"wrote {args.out}")
@@ -179,6 +180,17 @@ def _al_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_subject_choice(p: argparse.ArgumentParser) -> None:
+    """--groups or --all-subjects: which subjects of the sets in configs/data/split.json are scored."""
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument("--groups", nargs="+", choices=SPLIT_GROUPS, default=["holdout"], metavar="GROUP",
+                        help="score only the subjects of these groups of configs/data/split.json "
+                             f"({', '.join(SPLIT_GROUPS)}; default holdout, which also takes the subjects no group "
+                             "names); e.g. train fusion to judge a candidate before any held-out figure. Sets the "
+                             "split does not name are scored whole")
+    chosen.add_argument("--all-subjects", action="store_true", help="score every subject, those trained on too")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumbarseg", description="Lumbar spine MRI segmentation: studies, models, serving."
@@ -220,11 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="Dice per class, per subject and per level for each plane and the ensemble",
                        description="Evaluate a weights folder on a data folder (manifest layout). Sets named in "
-                                   "configs/data/split.json are scored on their holdout subjects only.")
+                                   "configs/data/split.json are scored on their holdout subjects only, unless "
+                                   "--groups or --all-subjects says otherwise.")
     p.add_argument("--data", required=True, help="data folder with a manifest.csv (root or one set)")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help=f"weights folder (default {DEFAULT_WEIGHTS})")
     p.add_argument("--out", required=True, help="results JSON")
-    p.add_argument("--all-subjects", action="store_true", help="also score subjects used in training")
+    _add_subject_choice(p)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("evaluate-findings", help="herniation, hernia top point, stenosis and level naming against truth",
@@ -239,9 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="findings from the ground-truth masks (default) or from the model's predictions")
     p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help=f"weights folder for --source model (default {DEFAULT_WEIGHTS})")
     p.add_argument("--reports", help="also write each study's findings report JSON into this folder")
-    p.add_argument("--all-subjects", action="store_true",
-                   help="also score subjects used in training (sets of configs/data/split.json count their holdout "
-                        "subjects only by default)")
+    _add_subject_choice(p)
     p.set_defaults(run=_evaluate_findings)
 
     p = sub.add_parser("al-simulate", help="simulate active learning: holdout Dice against labelled studies per strategy",

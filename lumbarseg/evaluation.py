@@ -4,7 +4,8 @@ Scoring rule (see :mod:`lumbarseg.metrics`): each class only within the superior
 extent, in patient space, of its labelled voxels in the study; classes a set does not name are
 not scored. Studies of sets in ``configs/data/split.json`` are evaluated on their ``holdout``
 subjects, and on subjects the split does not place (new studies of a known set, ``unseen``),
-unless ``all_subjects``; sets the split does not know are evaluated whole.
+unless ``all_subjects`` or other ``groups`` are asked for (``train`` and ``fusion``: judging a
+candidate before any held-out figure); sets the split does not know are evaluated whole.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lumbarseg.datasets import tissue_target
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Series, Study, StudyError
 from lumbarseg.pipeline import Segmenter
-from lumbarseg.training import UNSEEN, group_of, load_split
+from lumbarseg.training import GROUPS, UNSEEN, group_of, load_split
 
 MODELS = (*planes.PLANES, "ensemble")
 RULE = ("each class is scored only within the superior-inferior extent (patient space) of its labelled voxels "
@@ -47,20 +48,35 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
 
-def evaluated_entries(data: str | Path, *, all_subjects: bool = False) -> list[manifest.ManifestEntry]:
-    """The studies of a data folder that the scoring rule above evaluates."""
+def scored_groups(groups: tuple[str, ...] = ("holdout",), *, all_subjects: bool = False) -> list[str]:
+    """The split groups (:func:`lumbarseg.training.group_of`) whose subjects are evaluated:
+    ``groups``, or all with ``all_subjects``. ``unseen`` subjects were never trained on, so they
+    go with ``holdout``, and only with it: a choice of training groups is a choice of seen data."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown split group(s) {sorted(unknown)}; the split's groups are {GROUPS}")
+    asked = set(GROUPS) if all_subjects else set(groups)
+    return [g for g in (*GROUPS, UNSEEN) if g in asked or (g == UNSEEN and "holdout" in asked)]
+
+
+def evaluated_entries(data: str | Path, *, all_subjects: bool = False,
+                      groups: tuple[str, ...] = ("holdout",)) -> list[manifest.ManifestEntry]:
+    """The studies of a data folder that the scoring rule above evaluates: of sets the split
+    names, the subjects of :func:`scored_groups`; of other sets (phantoms), every study."""
     split = load_split()
-    entries = [e for e in manifest.read_manifest(data)
-               if all_subjects or e.set not in split or group_of(e, split) in ("holdout", UNSEEN)]
+    scored = scored_groups(groups, all_subjects=all_subjects)
+    entries = [e for e in manifest.read_manifest(data) if e.set not in split or group_of(e, split) in scored]
     if not entries:
-        raise StudyError(data, "no studies to evaluate (every subject is in a training group; use --all-subjects)")
+        raise StudyError(data, f"no studies to evaluate: no subject in split group(s) {', '.join(scored)} "
+                               "(use --groups or --all-subjects)")
     return entries
 
 
-def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = False) -> dict:
+def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = False,
+             groups: tuple[str, ...] = ("holdout",)) -> dict:
     segmenter = Segmenter.load(weights)
     split = load_split()
-    entries = evaluated_entries(data, all_subjects=all_subjects)
+    entries = evaluated_entries(data, all_subjects=all_subjects, groups=groups)
     subjects = []
     for entry in tqdm(entries, desc="evaluating", unit="study"):
         study = manifest.load_entry(entry)
@@ -78,7 +94,8 @@ def evaluate(weights: str | Path, data: str | Path, *, all_subjects: bool = Fals
     sets = sorted({s["set"] for s in subjects})
     return {
         "weights": str(weights), "data": str(data), "rule": RULE,
-        "subjects_evaluated": len(subjects), "holdout_only": not all_subjects,
+        "subjects_evaluated": len(subjects), "groups": scored_groups(groups, all_subjects=all_subjects),
+        "holdout_only": not all_subjects and set(groups) == {"holdout"},
         "summary": {m: _mean([s["dice"][m] for s in subjects]) for m in MODELS},
         "per_set": {st: {m: _mean([s["dice"][m] for s in subjects if s["set"] == st]) for m in MODELS} for st in sets},
         "per_level": {m: _mean([s["levels"][m] for s in subjects]) for m in MODELS},

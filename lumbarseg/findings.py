@@ -14,7 +14,8 @@ compared with:
   also the expert masks' dural sac (SPIDER's spinal canal) per level, against the model's.
 
 Sets of ``configs/data/split.json`` count their holdout subjects only, as ``lumbarseg evaluate``
-does (``all_subjects`` for the rest, e.g. to choose thresholds on subjects that are not results).
+does (``groups`` for others, e.g. ``train`` and ``fusion`` to judge a candidate or choose
+thresholds on subjects that are not results; ``all_subjects`` for every one).
 Expert masks whose vertebrae are whole (SPIDER) are split into body and posterior elements
 first (:func:`lumbarseg.gradings.expert_classes`).
 
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from lumbarseg import gradings, measure, tissues
 from lumbarseg.analysis import analyse
-from lumbarseg.evaluation import evaluated_entries
+from lumbarseg.evaluation import evaluated_entries, scored_groups
 from lumbarseg.io import manifest
 from lumbarseg.io.study import Study, StudyError
 
@@ -161,7 +162,8 @@ def _sac_errors(model: dict, truth: dict) -> list[dict]:
 
 
 def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Path | None = None,
-                      reports: str | Path | None = None, *, all_subjects: bool = False) -> dict:
+                      reports: str | Path | None = None, *, all_subjects: bool = False,
+                      groups: tuple[str, ...] = ("holdout",)) -> dict:
     """Findings of every study of ``data`` scored against its truth (see the module doc).
     ``reports``: a folder to also write each study's report JSON to."""
     if source not in ("truth", "model"):
@@ -178,7 +180,7 @@ def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Pa
     config = measure.load_config()
     graded: dict[Path, dict] = {}
     subjects = []
-    for entry in tqdm(evaluated_entries(data, all_subjects=all_subjects), desc="findings", unit="study"):
+    for entry in tqdm(evaluated_entries(data, all_subjects=all_subjects, groups=groups), desc="findings", unit="study"):
         study = manifest.load_entry(entry)
         if study.primary.label is None:
             continue
@@ -203,10 +205,12 @@ def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Pa
             if segmenter is not None:
                 row["dural_sac"] = _sac_errors(report, expert)
         subjects.append(row)
-    return summarise(subjects, data, source, weights if source == "model" else None)
+    return summarise(subjects, data, source, weights if source == "model" else None,
+                     scored_groups(groups, all_subjects=all_subjects))
 
 
-def summarise(subjects: list[dict], data, source: str, weights) -> dict:
+def summarise(subjects: list[dict], data, source: str, weights, groups: list[str]) -> dict:
+    """``groups``: the split groups scored (:func:`lumbarseg.evaluation.scored_groups`)."""
     phantoms = [s["phantom"] for s in subjects if "phantom" in s]
     discs = [d for p in phantoms for d in p["discs"]]
     slices = [x for p in phantoms for x in p["slices"]]
@@ -223,8 +227,8 @@ def summarise(subjects: list[dict], data, source: str, weights) -> dict:
 
     sets = sorted({s["set"] for s in subjects})
     return {
-        "schema": SCHEMA, "data": str(data), "source": source, "weights": None if weights is None else str(weights),
-        "studies": len(subjects), "phantoms": len(phantoms),
+        "schema": SCHEMA, "data": str(data), "groups": groups, "source": source,
+        "weights": None if weights is None else str(weights), "studies": len(subjects), "phantoms": len(phantoms),
         "status": {k: sum(s["status"] == k for s in subjects) for k in ("ok", "no_findings", "error")},
         "herniation": {"per_disc": detection([d["truth"] for d in discs], [d["predicted"] for d in discs]),
                        "per_slice": detection([t for t, _ in slices], [p for _, p in slices]),
