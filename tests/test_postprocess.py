@@ -174,14 +174,9 @@ def test_a_sacrum_longer_than_any_real_one_is_not_the_anchor():
     assert any("not used as the anchor" in note for note in levels.notes)
 
 
-def _s1_body(classes: np.ndarray) -> None:
-    """A whole S1 body where ``column`` puts the sacrum (z 12-38), 12 mm under the L5 slot's disc."""
-    classes[5:25, 5:25, 12:38] = BODY
-
-
 def test_two_bodies_under_the_lowest_disc_mean_l5_s1_was_not_found():
     classes, affine, truth = column(discs_above_sacrum=7, sacrum=False, skip=(0,))
-    _s1_body(classes)
+    classes[5:25, 5:25, 12:38] = BODY  # a whole S1 where the sacrum would be, under the empty L5-S1 slot
     levels = postprocess.name_levels(classes, affine)
     assert names(levels) == truth and truth[0] == "L4-L5"
     assert [b.name for b in levels.bodies][:3] == [None, "L5", "L4"]
