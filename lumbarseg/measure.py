@@ -100,7 +100,8 @@ class HerniationConfig:
     min_area_mm2: float  # of a section's protrusion for the section to be herniated
     central_mm: float  # lateral offset below which a herniation is central ...
     paracentral_mm: float  # ... paracentral, then foraminal
-    hernia_class_mm3: float  # this much hernia class makes a disc herniated whatever its contour
+    hernia_class_mm3: float  # this much hernia class makes a disc herniated ...
+    hernia_class_reach_mm: float  # ... when it reaches this far beyond the endplates' cross-section
     corner_line: CornerLineConfig
 
 
@@ -200,6 +201,7 @@ class Section:
     ap_line: tuple[np.ndarray, np.ndarray] | None = None
     protrusion: np.ndarray | None = None  # (H, W) bool
     beyond: float = 0.0  # mm the protrusion reaches past the endplate margin
+    hernia_beyond: float | None = None  # mm the hernia class reaches past it (None: no hernia class or no endplates)
     sac: np.ndarray | None = None  # (H, W) bool: the sac component measured
     sac_cut: bool = False  # that component touches the edge of the series' field of view
     sac_share: float = 1.0  # its share of all the section's sac pixels
@@ -231,6 +233,7 @@ class LevelFindings:
     sections: list[Section] = field(default_factory=list)
     footprint: np.ndarray | None = None  # (H, W) endplates' cross-section, None if no body found
     corner: list[CornerPlane] = field(default_factory=list)  # the corner line on parasagittal planes
+    corner_at_edge: bool = False  # the field of view's edge kept some of those planes from being measured
 
 
 # --- geometry -----------------------------------------------------------------------------------
@@ -350,6 +353,8 @@ def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> N
     protrusion = sec.classes == HERNIA
     if margin is not None:
         mm, beyond = margin
+        if (sec.classes == HERNIA).any():
+            sec.hernia_beyond = float(mm[sec.classes == HERNIA].max())
         protrusion |= (sec.classes == DISC) & beyond
         if protrusion.any():
             sec.beyond = float(mm[protrusion].max())
@@ -374,6 +379,11 @@ class CornerPlane:
     reach: tuple[float, float] = (0.0, 0.0)  # that part's extent along the disc normal (mm from the centre)
 
 
+# A disc or vertebral corner closer than this to the field of view's edge may continue beyond it.
+CORNER_EDGE_MM = 5.0
+AT_EDGE = "the disc reaches the edge of the field of view"
+
+
 def _nearest_component(mask: np.ndarray, r: int, c: int, within_px: float) -> np.ndarray | None:
     """The connected component of ``mask`` at (r, c), or the nearest one within ``within_px``."""
     components, count = ndimage.label(mask)
@@ -387,21 +397,26 @@ def _nearest_component(mask: np.ndarray, r: int, c: int, within_px: float) -> np
     return components == components[ri[r, c], ci[r, c]]
 
 
-def _corner_plane(m: LabelMap, d: Disc, offset: float, cfg: CornerLineConfig, px: float) -> CornerPlane | None:
+def _corner_plane(m: LabelMap, d: Disc, offset: float, cfg: CornerLineConfig, px: float) -> CornerPlane | str | None:
     """The disc's posterior reach behind the line joining the posteroinferior corner of the body
     above and the posterosuperior corner of the body below, on the parasagittal plane ``offset``
-    mm right of the disc centre (None when the plane shows no disc or no body next to it)."""
+    mm right of the disc centre (None when the plane shows no disc or no body next to it,
+    :data:`AT_EDGE` when the disc on it reaches the field of view's edge)."""
     half = d.height / 2 + cfg.search_mm
     V = np.arange(-45.0, 30.0 + px / 2, px)  # along v: posterior -> anterior
     N = np.arange(-half, half + px / 2, px)  # along the disc normal: inferior -> superior
     point = d.centre + offset * d.u
     classes = _sample(m, point, d.normal, d.v, Grid(px, N, V))  # rows V, columns N
-    if (classes == UNKNOWN).any():  # the plane leaves the field of view: a corner could be hidden
-        return None
     r0, c0 = int(np.argmin(np.abs(V))), int(np.argmin(np.abs(N)))
     disc = _nearest_component(np.isin(classes, (DISC, HERNIA)), r0, c0, 3.0 / px)
     if disc is None or disc.sum() * px**2 < 20.0:
         return None
+    # Where the plane leaves the field of view (the top disc of a study), what lies beyond could
+    # be disc or a body's corner: the plane counts only where that edge is far from both.
+    unknown = classes == UNKNOWN
+    edge = ndimage.distance_transform_edt(~unknown) * px if unknown.any() else np.full(classes.shape, np.inf)
+    if edge[disc].min() < CORNER_EDGE_MM:
+        return AT_EDGE
     VV, NN = np.meshgrid(V, N, indexing="ij")
     body = np.isin(classes, (BODY, SACRUM))
     corners = {}
@@ -416,7 +431,7 @@ def _corner_plane(m: LabelMap, d: Disc, offset: float, cfg: CornerLineConfig, px
         part = components == sizes.argmax() + 1
         k = int(np.argmin(VV[part] + side * NN[part]))  # the most posterior pixel nearest the disc
         corner = np.array([VV[part][k], NN[part][k]])
-        if corner[0] < 0:  # a posterior corner lies behind the disc centre
+        if corner[0] < 0 and edge[part][k] >= CORNER_EDGE_MM:  # a posterior corner behind the disc centre
             corners[side] = (corner, part)
     if not corners:
         return None
@@ -454,12 +469,14 @@ def _corner_plane(m: LabelMap, d: Disc, offset: float, cfg: CornerLineConfig, px
     return CornerPlane(offset, beyond, top, span, basis, reach_n)
 
 
-def corner_line(m: LabelMap, d: Disc, cfg: CornerLineConfig, px: float) -> list[CornerPlane]:
+def corner_line(m: LabelMap, d: Disc, cfg: CornerLineConfig, px: float) -> tuple[list[CornerPlane], bool]:
     """The corner-line measurement on the mid-sagittal plane through the disc centre and on
     parasagittal planes every ``step_mm`` out to ``lateral_mm`` each side (the lateral profile a
-    series of disc-parallel sections shows, read column by column)."""
+    series of disc-parallel sections shows, read column by column), and whether the field of
+    view's edge kept any plane from being measured."""
     offsets = np.arange(-cfg.lateral_mm, cfg.lateral_mm + 1e-6, cfg.step_mm)
-    return [p for p in (_corner_plane(m, d, float(s), cfg, px) for s in offsets) if p is not None]
+    planes = [_corner_plane(m, d, float(s), cfg, px) for s in offsets]
+    return [p for p in planes if isinstance(p, CornerPlane)], AT_EDGE in planes
 
 
 def corner_profile_summary(profile: Sequence[Sequence[float]] | None, lateral_mm: float) -> dict | None:
@@ -496,16 +513,21 @@ def corner_evidence(planes: list[CornerPlane]) -> dict:
 def herniation_decision(evidence: dict, cfg: HerniationConfig) -> tuple[bool, list[str]]:
     """Herniated or not from a disc's evidence, and the rules that said so (docs/findings.md):
 
-    1. ``hernia_class_mm3`` at least ``hernia_class_mm3``: the segmentation drew a hernia;
+    1. ``hernia_class_mm3`` at least ``hernia_class_mm3`` reaching at least ``hernia_class_reach_mm``
+       beyond the endplates' cross-section (where there is one): the segmentation drew a hernia
+       that leaves the disc space, not a healthy disc's posterior rim called hernia;
     2. else, where the corner line was measured on at least ``min_planes`` planes within
        ``lateral_mm`` of the disc centre: the disc reaches at least ``herniated_mm`` behind the
        line and that peak stands at least ``focal_mm`` above the median over the planes (focal:
        a herniation; a broad reach of the same depth is a bulge), or the median itself reaches
        ``broad_mm`` (a broad-based herniation, deeper than a bulge goes);
-    3. else (no corner line: an axial stack alone, no vertebral body next to the disc): the disc
-       contour rule (a section's protrusion beyond the endplate margin of at least ``min_area_mm2``).
+    3. else, unless the field of view's edge kept the corner line from being measured (the disc
+       is cut: its contour is not the disc's), where there is no corner line (an axial stack alone,
+       no vertebral body next to the disc): the disc contour rule (a section's protrusion beyond
+       the endplate margin of at least ``min_area_mm2``).
     """
-    if evidence.get("hernia_class_mm3", 0.0) >= cfg.hernia_class_mm3:
+    reach = evidence.get("hernia_class_reach_mm")
+    if evidence.get("hernia_class_mm3", 0.0) >= cfg.hernia_class_mm3 and (reach is None or reach >= cfg.hernia_class_reach_mm):
         return True, ["hernia class"]
     c = cfg.corner_line
     line = corner_profile_summary(evidence.get("corner_line_profile"), c.lateral_mm)
@@ -514,6 +536,8 @@ def herniation_decision(evidence: dict, cfg: HerniationConfig) -> tuple[bool, li
             return True, ["corner line"]
         if c.broad_mm is not None and line["median"] >= c.broad_mm:
             return True, ["corner line"]
+        return False, []
+    if evidence.get("corner_line_at_edge"):
         return False, []
     if evidence.get("contour_protrusion_mm2", 0.0) >= cfg.min_area_mm2:
         return True, ["disc contour"]
@@ -576,7 +600,7 @@ def measure(maps: Sequence[LabelMap], config: FindingsConfig | None = None,
                 point = d.centre + off * d.normal
                 f.sections.append(Section(i, None, float(off), point, d.normal, d.u, d.v,
                                           _sample(maps[i], point, d.u, d.v, grid)))
-            f.corner = corner_line(maps[i], d, cfg.herniation.corner_line, grid.px)
+            f.corner, f.corner_at_edge = corner_line(maps[i], d, cfg.herniation.corner_line, grid.px)
         for i, m in enumerate(maps):
             if i in volume_like:
                 continue
@@ -655,11 +679,14 @@ def herniation_evidence(f: LevelFindings, grid: Grid) -> dict:
     pool, step = _volume_pool(f)
     hernia = sum(int((s.classes == HERNIA).sum()) for s in pool) * grid.px**2 * step
     protruding = [s for s in f.sections if s.protrusion_area]
+    reach = [s.hernia_beyond for s in f.sections if s.hernia_beyond is not None]
     return {
         "hernia_class_mm3": round(float(hernia), 1),
+        "hernia_class_reach_mm": round(max(reach), 2) if reach else None,
         "contour_protrusion_mm": round(max((s.beyond for s in protruding), default=0.0), 2),
         "contour_protrusion_mm2": round(max((s.protrusion_area for s in protruding), default=0.0) * grid.px**2, 1),
         **corner_evidence(f.corner),
+        "corner_line_at_edge": f.corner_at_edge,
     }
 
 
@@ -688,6 +715,8 @@ def _rule_doubts(evidence: dict, present: bool, cfg: FindingsConfig) -> list[str
             reasons.append("corner line near the threshold")
         if evidence.get("corner_line_basis") != "two corners" and (present or line["peak"] >= c.herniated_mm - near):
             reasons.append("one vertebral corner only: line along its body's posterior wall")
+    elif evidence.get("corner_line_at_edge"):
+        reasons.append("the disc reaches the edge of the field of view: not assessed")
     else:
         reasons.append("no corner line (no vertebral body beside the disc on a sagittal plane): disc contour only")
     if 0 < evidence.get("hernia_class_mm3", 0.0) < h.hernia_class_mm3 and not present:

@@ -309,6 +309,54 @@ def test_a_seam_of_hernia_class_is_not_a_herniation_a_lump_is():
     assert thick["herniation"]["evidence"]["hernia_class_mm3"] > 100
 
 
+def test_hernia_class_on_the_discs_own_rim_is_not_a_herniation():
+    """A network's hernia class drawn over a healthy disc's posterior rim stays inside the disc
+    space: however much of it there is, it does not reach hernia_class_reach_mm beyond the
+    endplates' cross-section, so the hernia-class rule does not call it."""
+    cfg = measure.load_config().herniation
+    study = _segment()
+    series = study.primary
+    x, y, z = (np.arange(n) + o for n, o in zip(series.shape, series.affine[:3, 3]))
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    rim = series.label.copy()
+    rim[(np.abs(X) <= 6) & (Y >= -15) & (Y <= -11) & (np.abs(Z) <= 4)] = 4  # 13 x 5 x 9 mm of the disc's back
+    (level,) = measure.study_report(Study([replace(series, label=rim)], {**study.structures, 4: "hernia"}))["levels"]
+    e = level["herniation"]["evidence"]
+    assert e["hernia_class_mm3"] >= 10 * cfg.hernia_class_mm3
+    assert e["hernia_class_reach_mm"] < cfg.hernia_class_reach_mm
+    assert not level["herniation"]["present"]
+    assert measure.herniation_decision({**e, "hernia_class_reach_mm": cfg.hernia_class_reach_mm}, cfg) == (True, ["hernia class"])
+
+
+def _top_cut(study: Study, top_mm: float) -> Study:
+    """``study`` (of :func:`_segment`) with its field of view ending ``top_mm`` above the disc
+    centre, as long as before (background added below, so it is no axial stack)."""
+    series = study.primary
+    kept = series.label[:, :, : int(top_mm - series.affine[2, 3]) + 1]
+    added = series.label.shape[2] - kept.shape[2]
+    label = np.concatenate([np.zeros((*kept.shape[:2], added), np.uint8), kept], axis=2)
+    return Study([Series(np.zeros((1, *label.shape), np.float32), series.affine @ _shift(0, 0, -added), ("t2w",), "vol",
+                         label)], study.structures)
+
+
+def test_the_corner_line_is_measured_where_the_field_of_view_ends_away_from_the_disc():
+    """The top disc of a study: the field of view ends inside the body above, where the corner
+    line's search reaches past it. Where the edge is
+    far from the disc and the corners, the corner line is measured; where it cuts into the disc's
+    neighbourhood, the disc is not assessed (no disc-contour call on a cut disc)."""
+    c = measure.load_config().herniation.corner_line
+    depth = c.herniated_mm + 1.0
+    (far,) = measure.study_report(_top_cut(_segment("focal", depth), 16.0))["levels"]
+    assert far["herniation"]["evidence"]["corner_line_planes"] >= c.min_planes
+    assert not far["herniation"]["evidence"]["corner_line_at_edge"]
+    assert far["herniation"]["present"] and far["herniation"]["decided_by"] == ["corner line"]
+    (near,) = measure.study_report(_top_cut(_segment("focal", depth), 8.0))["levels"]
+    e = near["herniation"]["evidence"]
+    assert e["corner_line_at_edge"] and e["corner_line_planes"] == 0
+    assert not near["herniation"]["present"] and near["herniation"]["confidence"] == "low"
+    assert "the disc reaches the edge of the field of view: not assessed" in near["herniation"]["confidence_reasons"]
+
+
 def test_a_reach_just_under_the_threshold_is_absent_with_low_confidence():
     cfg = measure.load_config()
     t = cfg.herniation.corner_line.herniated_mm
