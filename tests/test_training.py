@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumbarseg import cli, datasets, io, phantom, tissues
+from lumbarseg import cli, datasets, io, phantom, pipeline, tissues
 from lumbarseg.config import ConfigError
 from lumbarseg.evaluation import evaluate
 from lumbarseg.io.study import StudyError
@@ -42,6 +42,25 @@ def test_training_writes_a_loadable_model_with_history(trained):
     seg = segmenter.segment(study.primary)
     assert seg.classes.shape == study.primary.shape and seg.classes.max() < tissues.NUM_TISSUES
     assert set(seg.plane_classes) == {"sagittal", "coronal", "axial"}
+
+
+def test_loaded_networks_are_optimised_for_inference_and_answer_as_trained(trained):
+    """Segmenter.load folds each batch norm into its convolution and stores the weights channels
+    last: no batch norm is left, and the probabilities are the trained networks' to float
+    rounding."""
+    _, model = trained
+    folded, as_trained = Segmenter.load(model), Segmenter.load(model, optimise=False)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for net in folded.plane_models.values() for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in as_trained.plane_models["sagittal"].modules())
+    assert all(pipeline._channels_last(net) for net in folded.plane_models.values())
+    assert not pipeline._channels_last(as_trained.plane_models["sagittal"])
+    series = phantom.generate(6, modalities=("t2w", "t1w")).primary
+    a, b = folded.segment(series), as_trained.segment(series)
+    assert np.abs(a.probabilities - b.probabilities).max() < 1e-4
+    for plane in a.plane_probabilities:
+        assert np.abs(a.plane_probabilities[plane] - b.plane_probabilities[plane]).max() < 1e-4
+    assert (a.classes == b.classes).mean() > 0.9999
 
 
 def test_training_is_deterministic_and_resumes(trained, phantom_data, tmp_path):
