@@ -35,7 +35,7 @@ DEFAULT_BINARY = REPO / ".venv" / "perf_analyzer" / "perf_analyzer"
 
 
 def perf_analyzer(binary: Path, port: int, shape: list[int], concurrency: str, work: Path, requests: int,
-                  key: str) -> list[dict]:
+                  key: str, trials: int = 3) -> list[dict]:
     """Rows of perf_analyzer's CSV report (latencies in ms) over gRPC (HTTP inference is closed:
     lumbarseg.triton.server)."""
     protocol = "grpc"
@@ -43,7 +43,7 @@ def perf_analyzer(binary: Path, port: int, shape: list[int], concurrency: str, w
     command = [str(binary), "-m", "spine_pipeline", "-u", f"127.0.0.1:{port}", "-i", protocol,
                "--shape", "IMAGE:" + ",".join(map(str, shape)), "--input-data", "zero",
                "--concurrency-range", concurrency, "--measurement-mode", "count_windows",
-               "--measurement-request-count", str(requests), "--stability-percentage", "50", "--max-trials", "3",
+               "--measurement-request-count", str(requests), "--stability-percentage", "50", "--max-trials", str(trials),
                "--percentile", "90", "-f", str(report),
                "-H", f"{GRPC_ADMIN_HEADER}:{key}"]  # inference is restricted
     print(" ".join(command), flush=True)
@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="phantom study seed (its network input's shape)")
     parser.add_argument("--concurrency", default="1:2", help="perf_analyzer --concurrency-range")
     parser.add_argument("--requests", type=int, default=3, help="requests per measurement window")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="measurement windows perf_analyzer may take to find three within 50%% of each other")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per python model in the server")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="instances of every model in the CPU configs (the repository's own: 1)")
     parser.add_argument("--out", default=str(tb.RESULTS / "perf_analyzer_lite.json"), help="results JSON (and .md beside it)")
     parser.add_argument("--note", default="", help="context to record with the results")
     args = parser.parse_args(argv)
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.copytree(TEMPLATE, repository, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
         export(Path(args.weights), repository)
+    set_instances(repository, args.instances)
     series = phantom.generate(args.seed).primary
     spacing = pipeline.Segmenter.load(args.weights).spacing
     image = np.zeros((3, *planes.grid_size(planes.to_canonical(series), spacing)), np.float32)
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                           log_path=work / "triton.log")
     result = {"command": " ".join(["benchmarks/perf_analyzer_bench.py", *(argv or sys.argv[1:])]), "note": args.note,
               "machine": tb.machine(args.threads), "weights": args.weights, "perf_analyzer": "tritonclient 2.41.0 wheel",
-              "request": {"model": "spine_pipeline", "input_shape": list(image.shape), "phantom_seed": args.seed}}
+              "request": {"model": "spine_pipeline", "input_shape": list(image.shape), "phantom_seed": args.seed},
+              "instances_per_model": args.instances}
     with server:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
 
@@ -114,14 +120,29 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - start
 
         request()  # warm-up
+        if args.instances > 1:  # every instance's first request loads its sessions: warm them all up
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2 * args.instances) as pool:
+                list(pool.map(lambda _: request(), range(2 * args.instances)))
         ours = [request() for _ in range(args.requests)]
         result["project_client_grpc"] = {"requests": len(ours), "median_ms": round(statistics.median(ours) * 1000, 1),
                                          "latencies_ms": [round(t * 1000, 1) for t in ours]}
         print("project client:", result["project_client_grpc"], flush=True)
         result["perf_analyzer_rows"] = {"grpc": perf_analyzer(binary, server.grpc_port, list(image.shape), args.concurrency,
-                                                              work, args.requests, server.key)}
+                                                              work, args.requests, server.key, args.trials)}
     tb.write_results(result, Path(args.out), markdown)
     return 0
+
+
+def set_instances(repository: Path, count: int) -> None:
+    """Every model's CPU config with ``count`` instances (one request in flight per instance)."""
+    for config in repository.glob("*/configs/cpu.pbtxt"):
+        text = config.read_text()
+        if "instance_group [ { kind: KIND_CPU count: 1 } ]" not in text:
+            raise SystemExit(f"{config}: no single-instance CPU group to change")
+        config.write_text(text.replace("instance_group [ { kind: KIND_CPU count: 1 } ]",
+                                       f"instance_group [ {{ kind: KIND_CPU count: {count} }} ]"))
 
 
 def markdown(r: dict) -> str:
@@ -129,7 +150,8 @@ def markdown(r: dict) -> str:
     lines = ["# perf_analyzer against spine_pipeline", "",
              f"`{r['command']}`; perf_analyzer from the {r['perf_analyzer']}; input IMAGE "
              f"{'x'.join(map(str, r['request']['input_shape']))} (phantom seed {r['request']['phantom_seed']}'s network "
-             "input shape), every output returned; Triton 2.51 CPU configs.", "",
+             f"input shape), every output returned; Triton 2.51 CPU configs, {r.get('instances_per_model', 1)} "
+             "instance(s) of every model.", "",
              tb.machine_line(m, r["note"]), "",
              "| client | protocol | concurrency | inferences/s | p50 ms | p90 ms | server compute ms | server queue ms |",
              "|---|---|---|---|---|---|---|---|"]
