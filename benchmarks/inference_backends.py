@@ -28,6 +28,7 @@ variant would ship only if its Dice stays within 0.005 of float32 on every class
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import shutil
 import statistics
@@ -49,13 +50,6 @@ PLANE_MODELS = {"sagittal": "plane_sagittal", "coronal": "plane_coronal", "axial
 TOLERANCE = 0.005
 
 
-def network_image(series, spacing: float) -> np.ndarray:
-    from lumbarseg import planes
-
-    return planes.resample(planes.network_input(series), planes.grid_size(planes.to_canonical(series), spacing),
-                           "trilinear")
-
-
 class Calibration:
     """onnxruntime's ``CalibrationDataReader`` over one plane's slices of the calibration
     studies: every ``stride``-th slice, ``batch`` slices a feed."""
@@ -74,6 +68,7 @@ class Calibration:
 def calibration_images(data: Path, count: int, spacing: float) -> tuple[list[str], list[np.ndarray]]:
     """Network inputs of ``count`` training-group studies, one per set in turn (the sets'
     contrasts and fields of view differ), never the evaluated holdout."""
+    from lumbarseg import planes
     from lumbarseg.io import manifest
     from lumbarseg.training import group_of, load_split
 
@@ -89,7 +84,7 @@ def calibration_images(data: Path, count: int, spacing: float) -> tuple[list[str
                 chosen.append(entries.pop(0))
     names = [f"{e.set}/{e.subject}" for e in chosen]
     print("calibration studies: " + ", ".join(names), flush=True)
-    return names, [network_image(manifest.load_entry(e).primary, spacing) for e in chosen]
+    return names, [planes.model_input(manifest.load_entry(e).primary, spacing) for e in chosen]
 
 
 def quantise(float_repo: Path, int8_repo: Path, images: list[np.ndarray]) -> dict:
@@ -99,19 +94,22 @@ def quantise(float_repo: Path, int8_repo: Path, images: list[np.ndarray]) -> dic
 
     shutil.copytree(float_repo, int8_repo)
     sizes = {}
-    for plane, model in PLANE_MODELS.items():
-        source = float_repo / model / "1" / "model.onnx"
-        prepared = int8_repo / model / "1" / "prepared.onnx"
-        target = int8_repo / model / "1" / "model.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        start = time.perf_counter()
-        quantize_static(str(prepared), str(target), Calibration(images, plane), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-        prepared.unlink()
-        sizes[model] = {"float32_kib": source.stat().st_size // 1024, "int8_kib": target.stat().st_size // 1024,
-                        "quantise_s": round(time.perf_counter() - start, 1)}
-        print(f"{model}: {sizes[model]}", flush=True)
+    # quant_pre_process leaves scratch files (a shape-inference model, external data) in the
+    # working directory: keep them in the temporary one
+    with contextlib.chdir(int8_repo.parent):
+        for plane, model in PLANE_MODELS.items():
+            source = float_repo / model / "1" / "model.onnx"
+            prepared = int8_repo / model / "1" / "prepared.onnx"
+            target = int8_repo / model / "1" / "model.onnx"
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            start = time.perf_counter()
+            quantize_static(str(prepared), str(target), Calibration(images, plane), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+            prepared.unlink()
+            sizes[model] = {"float32_kib": source.stat().st_size // 1024, "int8_kib": target.stat().st_size // 1024,
+                            "quantise_s": round(time.perf_counter() - start, 1)}
+            print(f"{model}: {sizes[model]}", flush=True)
     return sizes
 
 

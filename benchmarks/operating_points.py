@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     report = statistics.median(report_s)
     rows = []
     for point, seg in segmenters.items():
-        image = planes.resample(planes.network_input(series), planes.grid_size(planes.to_canonical(series), seg.spacing),
-                                "trilinear")
+        image = planes.model_input(series, seg.spacing)
         median = statistics.median(segment_s[point])
         rows.append({"point": point, "model_grid": list(image.shape[1:]),
                      "gflop": round(tb.pipeline_flops(seg, image) / 1e9, 1), "segment_median_s": round(median, 3),

@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def set_instances(repository: Path, count: int) -> None:
     """Every model's CPU config with ``count`` instances (one request in flight per instance)."""
+    single = "instance_group [ { kind: KIND_CPU count: 1 } ]"
     for config in repository.glob("*/configs/cpu.pbtxt"):
         text = config.read_text()
-        if "instance_group [ { kind: KIND_CPU count: 1 } ]" not in text:
+        if single not in text:
             raise SystemExit(f"{config}: no single-instance CPU group to change")
-        config.write_text(text.replace("instance_group [ { kind: KIND_CPU count: 1 } ]",
-                                       f"instance_group [ {{ kind: KIND_CPU count: {count} }} ]"))
+        config.write_text(text.replace(single, single.replace("count: 1", f"count: {count}")))
 
 
 def markdown(r: dict) -> str:

@@ -65,9 +65,7 @@ def study_timing(segmenter, repeats: int, seed: int) -> dict:
     from lumbarseg import analysis, phantom, planes
 
     study = phantom.generate(seed, shape=tb.IVDM_SHAPE, spacing=tb.IVDM_SPACING, modalities=tb.IVDM_MODALITIES)
-    series = study.primary
-    image = planes.resample(planes.network_input(series), planes.grid_size(planes.to_canonical(series), segmenter.spacing),
-                            "trilinear")
+    image = planes.model_input(study.primary, segmenter.spacing)
     times = {mode: {"total": [], "segment": [], "report": []} for mode in MODES}
     regions = {}
 
@@ -111,8 +109,7 @@ def locate_only(segmenter, series):
     """The box the first pass finds on a series, however much of the grid it holds."""
     from lumbarseg import planes
 
-    image = planes.resample(planes.network_input(series), planes.grid_size(planes.to_canonical(series), segmenter.spacing),
-                            "trilinear")
+    image = planes.model_input(series, segmenter.spacing)
     return segmenter.locate(image, replace(segmenter.region, enabled=True, max_share=1.0))
 
 

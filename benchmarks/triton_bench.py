@@ -444,8 +444,7 @@ def in_process_study(weights: Path, seed: int, repeats: int, threads: int) -> tu
     torch.set_num_threads(threads)
     try:
         segmenter = pipeline.Segmenter.load(weights)
-        image = planes.resample(planes.network_input(series),
-                                planes.grid_size(planes.to_canonical(series), segmenter.spacing), "trilinear")
+        image = planes.model_input(series, segmenter.spacing)
         analysis.analyse(study, segmenter.segment)  # warm-up
         totals, networks = [], []
         for _ in range(repeats):
@@ -514,12 +513,11 @@ def machine(threads: int) -> dict:
     import onnxruntime
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
     memory = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), None)
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     return {"cpu": cpu, "cpu_features": [f for f in VECTOR_FEATURES if f in flags], "cores": os.cpu_count(),
             "memory_mib": memory, "gpu": torch.cuda.is_available(),
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
@@ -587,8 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             export(weights, repository)
         series = phantom.generate(args.seed).primary
         segmenter = pipeline.Segmenter.load(weights)
-        image = planes.resample(planes.network_input(series),
-                                planes.grid_size(planes.to_canonical(series), segmenter.spacing), "trilinear")
+        image = planes.model_input(series, segmenter.spacing)
         if "ensemble" not in skip:
             add_ensemble(repository, tissues.NUM_TISSUES, max(image.shape[1:]), segmenter.spacing)
         onnx = OnnxPredictor(repository, args.threads, segmenter.spacing)

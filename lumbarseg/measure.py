@@ -350,12 +350,13 @@ def _margin(footprint: np.ndarray, source: LabelMap, v: np.ndarray, u: np.ndarra
 
 def _protrusion(sec: Section, margin: tuple[np.ndarray, np.ndarray] | None) -> None:
     """The hernia class, plus disc class beyond the endplate margin."""
-    protrusion = sec.classes == HERNIA
+    hernia = sec.classes == HERNIA
+    protrusion = hernia
     if margin is not None:
         mm, beyond = margin
-        if (sec.classes == HERNIA).any():
-            sec.hernia_beyond = float(mm[sec.classes == HERNIA].max())
-        protrusion |= (sec.classes == DISC) & beyond
+        if hernia.any():
+            sec.hernia_beyond = float(mm[hernia].max())
+        protrusion = hernia | ((sec.classes == DISC) & beyond)
         if protrusion.any():
             sec.beyond = float(mm[protrusion].max())
     sec.protrusion = protrusion

@@ -389,7 +389,7 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     # the grid budget first (reorienting only permutes axes: the same voxel count)
     budget.check_grid(series.source or series.description or "series", series.shape, series.spacing, spacing)
     canonical = planes.to_canonical(series)
-    image = planes.resample(planes.network_input(series), planes.grid_size(canonical, spacing), "trilinear")
+    image = planes.model_input(series, spacing)
     per_plane, fused, *where = predict(image)
 
     def on_source_grid(probabilities: np.ndarray) -> np.ndarray:

@@ -136,6 +136,12 @@ def network_input(series: Series) -> np.ndarray:
     return np.asarray(_scale(chosen), dtype=np.float32)
 
 
+def model_input(series: Series, spacing: float) -> np.ndarray:
+    """What the networks see of a study: :func:`network_input` resampled to ``spacing`` mm
+    isotropic, ``(3, X, Y, Z)`` float32 on the canonical grid."""
+    return resample(network_input(series), grid_size(to_canonical(series), spacing), "trilinear")
+
+
 def grid_size(series: Series, spacing: float) -> tuple[int, int, int]:
     """Shape of ``series``' field of view resampled to isotropic ``spacing`` mm."""
     return tuple(max(1, int(round(n * s / spacing))) for n, s in zip(series.shape, series.spacing))  # type: ignore[return-value]

@@ -60,8 +60,7 @@ def segmented(truth_series) -> dict[str, Segmentation]:
 
 
 def model_input(series: Series) -> np.ndarray:
-    canonical = planes.to_canonical(series)
-    return planes.resample(planes.network_input(series), planes.grid_size(canonical, SPACING), "trilinear")
+    return planes.model_input(series, SPACING)
 
 
 def test_the_box_holds_the_spine_and_drops_a_stray_far_from_it(truth_series):

@@ -104,9 +104,7 @@ def _phantom_volume(spacing: float) -> np.ndarray:
     """A network-normalised phantom study at ``spacing``: ``(3, X, Y, Z)``."""
     from lumbarseg import phantom
 
-    series = phantom.generate(0).primary
-    return planes.resample(planes.network_input(series), planes.grid_size(planes.to_canonical(series), spacing),
-                           "trilinear")
+    return planes.model_input(phantom.generate(0).primary, spacing)
 
 
 def _plane_examples(volume: np.ndarray, plane: str) -> list[torch.Tensor]:
