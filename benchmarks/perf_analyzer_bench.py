@@ -99,12 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.copytree(TEMPLATE, repository, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
         export(Path(args.weights), repository)
-    set_instances(repository, args.instances)
     series = phantom.generate(args.seed).primary
     spacing = pipeline.Segmenter.load(args.weights).spacing
     image = np.zeros((3, *planes.grid_size(planes.to_canonical(series), spacing)), np.float32)
     server = TritonServer(repository, http_port=tb.free_port(), grpc_port=tb.free_port(), config_name="cpu",
-                          log_path=work / "triton.log")
+                          log_path=work / "triton.log", instances=args.instances, threads=args.threads)
     result = {"command": " ".join(["benchmarks/perf_analyzer_bench.py", *(argv or sys.argv[1:])]), "note": args.note,
               "machine": tb.machine(args.threads), "weights": args.weights, "perf_analyzer": "tritonclient 2.41.0 wheel",
               "request": {"model": "spine_pipeline", "input_shape": list(image.shape), "phantom_seed": args.seed},
@@ -133,16 +132,6 @@ def main(argv: list[str] | None = None) -> int:
                                                               work, args.requests, server.key, args.trials)}
     tb.write_results(result, Path(args.out), markdown)
     return 0
-
-
-def set_instances(repository: Path, count: int) -> None:
-    """Every model's CPU config with ``count`` instances (one request in flight per instance)."""
-    single = "instance_group [ { kind: KIND_CPU count: 1 } ]"
-    for config in repository.glob("*/configs/cpu.pbtxt"):
-        text = config.read_text()
-        if single not in text:
-            raise SystemExit(f"{config}: no single-instance CPU group to change")
-        config.write_text(text.replace(single, single.replace("count: 1", f"count: {count}")))
 
 
 def markdown(r: dict) -> str:

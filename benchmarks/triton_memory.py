@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +32,6 @@ import triton_bench as tb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUTPUTS = ["PROBABILITIES", "CLASSES", "SAGITTAL_PROBABILITIES", "CORONAL_PROBABILITIES", "AXIAL_PROBABILITIES"]
-
-
-def set_parameter(config: Path, key: str, value: str) -> None:
-    """Set (or add) one ``parameters`` string value of a config.pbtxt."""
-    import re
-
-    text = config.read_text()
-    pattern = re.compile(r'(parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
-    if pattern.search(text):
-        text = pattern.sub(lambda m: m.group(1) + value + m.group(2), text)
-    else:
-        text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-    config.write_text(text)
 
 
 def free_port() -> int:
@@ -57,7 +45,9 @@ def free_port() -> int:
 def markdown(result: dict) -> str:
     lines = ["# Triton server memory per spine_pipeline request", "",
              tb.machine_line(result["machine"], result["note"]), "",
-             f"Every output requested, over {result['protocol']}; a fresh server per size; idle server "
+             f"Every output requested, over {result['protocol']}; a fresh server per size, "
+             f"{result.get('instances', 1)} instance(s) of every model, as many requests of the size in flight at once; "
+             f"idle server "
              f"{result['idle_pss_mib']} MiB PSS. Fit: peak PSS = {result['fit']['base_mib']:.0f} MiB + "
              f"{result['fit']['bytes_per_voxel']:.0f} bytes per voxel.", "",
              "| IMAGE shape | voxels | peak PSS MiB | peak RSS MiB (shared pages per process) | seconds |", "|---|---|---|---|---|"]
@@ -72,13 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", default="model_repository", help="an exported repository (copied)")
     parser.add_argument("--shapes", default="32x160x160,48x213x213,64x256x256", help="X x Y x Z per request")
     parser.add_argument("--protocol", default="grpc", choices=("grpc", "http"))
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads per model")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads per model instance")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="instances per model; as many requests of each size are sent at once")
     parser.add_argument("--out", default=str(RESULTS / "triton_memory.json"))
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
 
     from lumbarseg.triton.client import TritonSegmenter
-    from lumbarseg.triton.server import TritonServer
+    from lumbarseg.triton.server import TritonServer, set_config_parameter
 
     os.environ["LUMBARSEG_ORT_THREADS"] = str(args.threads)
     key = secrets.token_urlsafe(16)
@@ -88,26 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     biggest = max(int(np.prod(s)) for s in shapes)
     for config in (repository / "spine_pipeline").glob("**/*.pbtxt"):  # let every measured size through
-        set_parameter(config, "max_voxels", str(max(biggest, 1)))
-        set_parameter(config, "max_extent", str(max(max(s) for s in shapes)))
+        text = set_config_parameter(config.read_text(), "max_voxels", str(max(biggest, 1)))
+        config.write_text(set_config_parameter(text, "max_extent", str(max(max(s) for s in shapes))))
     rows, idle = [], None
     machine = tb.machine(args.threads)
     for shape in shapes:
         server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), config_name="cpu",
-                              log_path=work / "triton.log", key=key)
+                              log_path=work / "triton.log", key=key, instances=args.instances, threads=args.threads)
         server.start(timeout=300)
         try:
             url = f"grpc://127.0.0.1:{server.grpc_port}" if args.protocol == "grpc" else f"http://{server.url}"
-            with TritonSegmenter(url, key=key, timeout=3600, retries=0) as client:
-                client.infer(np.zeros((3, 4, 4, 4), np.float32), ["CLASSES"])  # warm: every model has run once
+            clients = [TritonSegmenter(url, key=key, timeout=3600, retries=0) for _ in range(args.instances)]
+            with ThreadPoolExecutor(args.instances) as pool:
+                # warm: every instance of every model has run once
+                list(pool.map(lambda c: c.infer(np.zeros((3, 4, 4, 4), np.float32), ["CLASSES"]), clients))
                 time.sleep(1)
                 idle = tb.tree_memory(server.process.pid)["pss_mib"] if idle is None else idle
                 image = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
                 start = time.monotonic()
                 with tb.RssSampler({"triton": server.process.pid}, pss=True) as peak:
-                    client.infer(image, OUTPUTS)
+                    list(pool.map(lambda c: c.infer(image, OUTPUTS), clients))  # one request per instance, in flight together
                 seconds = time.monotonic() - start
                 del image
+            for client in clients:
+                client.close()
         finally:
             server.stop()
         row = {"shape": list(shape), "voxels": int(np.prod(shape)), "peak_pss_mib": peak.pss["triton"], "peak_rss_mib": round(peak.peak["triton"] / 2**20),
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     voxels = np.array([r["voxels"] for r in rows], float)
     pss = np.array([r["peak_pss_mib"] for r in rows], float)
     slope, base = np.polyfit(voxels, pss, 1) if len(rows) > 1 else (pss[0] / voxels[0], 0.0)
-    result = {"protocol": args.protocol, "note": args.note, "machine": machine, "idle_pss_mib": idle, "rows": rows,
+    result = {"protocol": args.protocol, "instances": args.instances, "threads": args.threads, "note": args.note, "machine": machine, "idle_pss_mib": idle, "rows": rows,
               "fit": {"base_mib": float(base), "bytes_per_voxel": float(slope * 2**20)}}
     tb.write_results(result, Path(args.out), markdown)
     shutil.rmtree(work, ignore_errors=True)

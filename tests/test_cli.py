@@ -46,3 +46,9 @@ def test_errors_are_one_line_with_the_file(tmp_path):
     result = run("inspect", str(tmp_path / "missing.nii.gz"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"lumbarseg inspect: error: {tmp_path / 'missing.nii.gz'}: file not found"
+
+
+def test_triton_serve_scales_only_the_cpu_configs(tmp_path):
+    result = run("triton", "serve", "--instances", "2", "--repository", str(tmp_path))
+    assert result.returncode == 2
+    assert "--instances and --threads scale the CPU configs: add --cpu" in result.stderr

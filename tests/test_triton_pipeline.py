@@ -250,6 +250,38 @@ def test_a_new_version_is_loaded_without_a_restart(served, exported):
     assert out["CLASSES"].shape == (9, 10, 11)
 
 
+def test_scaled_cpu_configs_serve_concurrent_studies_and_later_versions(exported, study, local, tmp_path):
+    """``lumbarseg triton serve --cpu --instances 2 --threads 1`` (what the README recommends
+    for several readers): every model runs two instances of one thread, two studies sent at
+    once both come back as in process, and a version exported after the start is loaded with
+    the same scaled configs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lumbarseg.triton.server import TritonServer
+
+    repository = tmp_path / "model_repository"  # a copy: the new version must not reach the module's server
+    shutil.copytree(exported[0], repository)
+    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), config_name="cpu",
+                          log_path=tmp_path / "triton.log", key=KEY, instances=2, threads=1)
+    with server, TritonSegmenter(f"grpc://127.0.0.1:{server.grpc_port}", key=KEY) as client:
+        admin = http.InferenceServerClient(server.url)
+        for model in MODELS:
+            config = admin.get_model_config(model)
+            assert config["instance_group"][0]["count"] == 2, model
+            if model in NETWORK_MODELS:
+                assert config["parameters"]["intra_op_threads"]["string_value"] == "1", model
+        with ThreadPoolExecutor(2) as pool:
+            for remote in pool.map(lambda _: client.segment(study), range(2)):
+                assert (remote.classes == local.classes).mean() >= PARITY
+        version = next_version(repository)
+        for model in MODELS:
+            shutil.copytree(repository / model / str(version - 1), repository / model / str(version))
+        client.reload(MODELS)
+        ready = {m["name"]: m["version"] for m in admin.get_model_repository_index(headers=ADMIN) if m.get("state") == "READY"}
+        assert ready == {m: str(version) for m in MODELS}
+        assert admin.get_model_config("fusion")["instance_group"][0]["count"] == 2
+
+
 def test_cli_infer_on_triton_writes_a_level_named_label_map(served, study, tmp_path):
     from lumbarseg import io
 

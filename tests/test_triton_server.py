@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -59,6 +60,63 @@ def test_server_serves_a_python_model_and_stops(echo_repository, tmp_path):
         np.testing.assert_array_equal(y, [2, 4, 6])
     assert server.process.poll() is not None
     assert not server.ready()
+
+
+def test_serve_scales_the_cpu_configs_to_instances_that_answer_side_by_side(tmp_path):
+    """``instances=2`` serves every model's CPU config with two instances (two stub processes),
+    so two requests in flight are answered by different processes; the repository's own config
+    is left as it was."""
+    model = tmp_path / "repo" / "whoami"
+    (model / "1").mkdir(parents=True)
+    (model / "configs").mkdir()
+    cpu = model / "configs" / "cpu.pbtxt"
+    cpu.write_text(textwrap.dedent("""
+        name: "whoami"
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+        output [ { name: "PID" data_type: TYPE_INT64 dims: [ 1 ] } ]
+        instance_group [ { kind: KIND_CPU count: 1 } ]
+        parameters { key: "intra_op_threads" value: { string_value: "2" } }
+    """))
+    (model / "1" / "model.py").write_text(textwrap.dedent("""
+        import os
+        import time
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def execute(self, requests):
+                time.sleep(1.0)  # long enough for the second request to arrive while this one runs
+                return [pb_utils.InferenceResponse([pb_utils.Tensor("PID", np.array([os.getpid()], np.int64))])
+                        for r in requests]
+    """))
+    original = cpu.read_text()
+    server = TritonServer(tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), config_name="cpu",
+                          log_path=tmp_path / "triton.log", key=KEY, instances=2, threads=1)
+    with server:
+        config = http.InferenceServerClient(server.url).get_model_config("whoami")
+        assert config["instance_group"][0]["count"] == 2
+        assert config["parameters"]["intra_op_threads"]["string_value"] == "1"
+
+        def pid() -> int:
+            client = grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+            x = grpc.InferInput("X", [1], "FP32")
+            x.set_data_from_numpy(np.zeros(1, np.float32))
+            return int(client.infer("whoami", [x], headers={triton_server.GRPC_ADMIN_HEADER: KEY}).as_numpy("PID")[0])
+
+        with ThreadPoolExecutor(2) as pool:
+            assert len(set(pool.map(lambda _: pid(), range(2)))) == 2
+    assert cpu.read_text() == original
+
+
+def test_scaling_needs_a_cpu_config_with_one_cpu_instance_group(echo_repository):
+    with pytest.raises(TritonError, match="name one"):
+        TritonServer(echo_repository, instances=2)
+    with pytest.raises(TritonError, match="no model has configs/cpu.pbtxt"):
+        triton_server.scaled_configs(echo_repository, "cpu", instances=2, threads=1)
+    with pytest.raises(TritonError, match="at least 1"):
+        triton_server.scaled_configs(echo_repository, "cpu", instances=0, threads=1)
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):

@@ -33,6 +33,7 @@ same host.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -117,6 +118,39 @@ def restricted_api_arguments(key: str, sealed: str | None = None) -> list[str]:
             f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"]
 
 
+def set_config_parameter(text: str, key: str, value: str) -> str:
+    """``text`` (a config.pbtxt) with the string parameter ``key`` set to ``value`` (added if absent)."""
+    pattern = re.compile(r'(parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
+    if pattern.search(text):
+        return pattern.sub(lambda m: m.group(1) + value + m.group(2), text)
+    return text + f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+
+
+def scaled_configs(repository: Path, config_name: str, *, instances: int, threads: int) -> str:
+    """Write, beside every model's ``configs/<config_name>.pbtxt``, a copy with ``instances``
+    CPU instances and ``threads`` onnxruntime threads per instance (``intra_op_threads``;
+    ignored by a model that runs no network), named ``<config_name>_<instances>x<threads>``;
+    return that name for ``--model-config-name``. Generated beside the original rather than in
+    a copy of the repository so that versions exported later (a retrained model) are seen."""
+    if instances < 1 or threads < 1:
+        raise TritonError(f"instances and threads must be at least 1 (got {instances} and {threads})")
+    name = f"{config_name}_{instances}x{threads}"
+    sources = sorted(Path(repository).glob(f"*/configs/{config_name}.pbtxt"))
+    if not sources:
+        raise TritonError(f"{repository}: no model has configs/{config_name}.pbtxt to scale")
+    for source in sources:
+        text, groups = re.subn(r"(instance_group\s*\[\s*\{\s*kind:\s*KIND_CPU\s+count:\s*)\d+", rf"\g<1>{instances}",
+                               source.read_text())
+        if groups != 1:
+            raise TritonError(f"{source}: expected one KIND_CPU instance_group to scale, found {groups}")
+        if 'key: "intra_op_threads"' in text:
+            text = set_config_parameter(text, "intra_op_threads", str(threads))
+        target = source.with_name(f"{name}.pbtxt")
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+    return name
+
+
 def _pytriton_root() -> Path:
     import pytriton
 
@@ -159,17 +193,25 @@ class TritonServer:
     the first start). ``address``: the interface both endpoints bind (loopback unless a
     deployment says otherwise).
     ``log_path``: the server's log file; ``"-"`` for this process's terminal; None to discard it.
+    ``instances`` / ``threads``: serve ``config_name``'s configs scaled to that many instances
+    per model and onnxruntime threads per instance (:func:`scaled_configs`; several instances
+    serve concurrent requests side by side, each holding its own request's memory).
     """
 
     def __init__(self, repository: str | Path, *, http_port: int = 8010, grpc_port: int = 8011,
                  config_name: str | None = None, log_path: str | Path | None = None,
-                 address: str = "127.0.0.1", key: str | None = None):
+                 address: str = "127.0.0.1", key: str | None = None,
+                 instances: int | None = None, threads: int | None = None):
         self.repository = Path(repository).resolve()
         self.address = address
         self.key = key
         self.http_port = http_port
         self.grpc_port = grpc_port
+        if (instances or threads) and not config_name:
+            raise TritonError("instances and threads scale a CPU config: name one (config_name='cpu')")
         self.config_name = config_name
+        self.scale = (instances or 1, threads or max(1, (os.cpu_count() or 1) // (instances or 1))) \
+            if instances or threads else None
         self.log_path = None if log_path is None else "-" if str(log_path) == "-" else Path(log_path)
         self.process: subprocess.Popen | None = None
 
@@ -190,7 +232,10 @@ class TritonServer:
             "--model-control-mode=explicit", "--load-model=*",
             *restricted_api_arguments(self.key),
         ]
-        if self.config_name:
+        if self.scale:
+            instances, threads = self.scale
+            cmd.append(f"--model-config-name={scaled_configs(self.repository, self.config_name, instances=instances, threads=threads)}")
+        elif self.config_name:
             cmd.append(f"--model-config-name={self.config_name}")
         return cmd
 
