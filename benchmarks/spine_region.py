@@ -113,14 +113,15 @@ def locate_only(segmenter, series):
     return segmenter.locate(image, replace(segmenter.region, enabled=True, max_share=1.0))
 
 
-def heldout_dice(segmenter, data: Path, limit: int | None, forced: bool) -> dict:
-    """Fused Dice per class of both modes on ``lumbarseg evaluate``'s studies (holdout)."""
+def heldout_dice(segmenter, data: Path, limit: int | None, forced: bool, groups: tuple[str, ...] = ("holdout",)) -> dict:
+    """Fused Dice per class of both modes on ``lumbarseg evaluate``'s studies (``groups`` of the
+    split: the holdout for the result; another group to choose settings without it)."""
     from lumbarseg import evaluation
     from lumbarseg.io import manifest
     from lumbarseg.training import group_of, load_split
 
     split = load_split()
-    entries = evaluation.evaluated_entries(data)[:limit]
+    entries = evaluation.evaluated_entries(data, groups=groups)[:limit]
     modes = {"region": True, "whole": False, **({FORCED: replace(segmenter.region, enabled=True, max_share=1.0)}
                                                   if forced else {})}
     subjects = []
@@ -160,7 +161,7 @@ def heldout_dice(segmenter, data: Path, limit: int | None, forced: bool) -> dict
     worst = {mode: min(((s["set"], s["subject"], c, round(s["dice"][mode][c] - s["dice"]["whole"][c], 4))
                         for s in subjects for c in s["dice"]["whole"]), key=lambda x: x[3], default=None)
              for mode in difference}
-    return {"data": str(data), "rule": evaluation.RULE, "studies": len(subjects),
+    return {"data": str(data), "groups": list(groups), "rule": evaluation.RULE, "studies": len(subjects),
             "whole_reused_when_not_cropped": True,
             "cropped": {"region": sum(1 for s in subjects if s["region"]["cropped"]),
                         FORCED: sum(1 for s in subjects if s["forced"]["cropped"])},
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch (and onnxruntime) threads")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed of the timed study")
     parser.add_argument("--limit", type=int, help="at most this many held-out studies (smoke runs)")
+    parser.add_argument("--groups", default="holdout",
+                        help="comma-separated split groups scored for Dice (default holdout; fusion or train to "
+                             "choose settings without the held-out subjects)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: study, dice")
     parser.add_argument("--triton", action="store_true", help="also time the study on a real Triton server")
     parser.add_argument("--forced", action="store_true", help=f"Dice also for {FORCED} (crop whenever a spine is found)")
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         result["study"] = study_timing(segmenter, args.repeats, args.seed)
         result["load"]["after_study"] = tb.other_load()
     if "dice" not in skip:
-        result["dice"] = heldout_dice(segmenter, Path(args.data), args.limit, args.forced)
+        result["dice"] = heldout_dice(segmenter, Path(args.data), args.limit, args.forced, tuple(args.groups.split(",")))
         result["load"]["after_dice"] = tb.other_load()
     if args.triton:
         work = Path(tempfile.mkdtemp(prefix="spine_region_"))
@@ -286,8 +290,10 @@ def markdown(r: dict) -> str:
     d = r.get("dice")
     if d:
         classes = sorted(d["summary"]["whole"])
-        lines += ["## Held-out Dice (fused), every mode on the same studies", "",
-                  f"{d['studies']} studies of `{d['data']}` (`lumbarseg evaluate`'s holdout). The sets are cropped to "
+        groups = d.get("groups", ["holdout"])
+        title = "Held-out Dice" if groups == ["holdout"] else f"Dice on split group(s) {', '.join(groups)} (not held out)"
+        lines += [f"## {title} (fused), every mode on the same studies", "",
+                  f"{d['studies']} studies of `{d['data']}` (`lumbarseg evaluate`'s scoring; split group(s) {', '.join(d.get('groups', ['holdout']))}). The sets are cropped to "
                   "their labels plus 30 mm, so the spine fills most of each grid: with spine-region inference on "
                   f"(*region*, the settings above) the first pass cropped {d['cropped']['region']} of them (mean box share "
                   f"{d['mean_share']['region']:.2f}; the others ran whole, box over max_share; the box the first pass "
