@@ -60,13 +60,13 @@ class RegionSettings:
     is dropped). Its box plus ``margin_mm`` on every side is the region: the plane networks
     then see real anatomy up to the box's edge, and the first pass may miss the spine's rim."""
 
-    # Off by default: on the held-out SPIDER studies (thin sagittal slabs, the only held-out set
-    # whose box is under max_share) it cost dural sac Dice 0.017, more than the 0.005 allowed
-    # (benchmarks/results/spine_region.md); a wider margin is the next thing to measure.
+    # Off by default: held-out Dice holds (-0.0003; benchmarks/results/spine_region.md), but on
+    # one of 30 held-out phantoms the box left out L5-S1 and every level was named one off
+    # (docs/performance.md, "Spine-region inference"); the box must keep the lumbosacral junction first.
     enabled: bool = False
     slice_mm: float = 4.5  # first pass: sagittal slices this far apart (the model grid's nearest multiple)
     link_mm: float = 10.0  # found tissue closer than this is one structure
-    margin_mm: float = 15.0  # added around the spine found, each side, on every axis
+    margin_mm: float = 20.0  # added around the spine found, each side, on every axis (15 mm cost 0.003 Dice)
     min_tissue_mm3: float = 2000.0  # less spine found than this (a lumbar disc is ~10 cm^3): nothing found
     # A box holding more than this share of the grid's voxels saves too little to be worth the
     # risk of cutting anatomy: the networks run on the whole volume.

@@ -52,6 +52,10 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get(THREADS_ENV) or _parameters(config).get("intra_op_threads", 0))
         options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spin-waiting: the pipeline calls the plane models
+        # and the fusion one after another, and a finished model's spinning threads took the cores
+        # from the next (2 threads per model: Triton 1.95x in-process onnxruntime with spinning).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         arena = os.environ.get(ARENA_ENV) or _parameters(config).get("cpu_mem_arena", "1")
         options.enable_cpu_mem_arena = arena.lower() not in ("0", "false", "off")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
