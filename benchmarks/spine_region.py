@@ -293,7 +293,7 @@ def markdown(r: dict) -> str:
         groups = d.get("groups", ["holdout"])
         title = "Held-out Dice" if groups == ["holdout"] else f"Dice on split group(s) {', '.join(groups)} (not held out)"
         lines += [f"## {title} (fused), every mode on the same studies", "",
-                  f"{d['studies']} studies of `{d['data']}` (`lumbarseg evaluate`'s scoring; split group(s) {', '.join(d.get('groups', ['holdout']))}). The sets are cropped to "
+                  f"{d['studies']} studies of `{d['data']}` (`lumbarseg evaluate`'s scoring; split group(s) {', '.join(groups)}). The sets are cropped to "
                   "their labels plus 30 mm, so the spine fills most of each grid: with spine-region inference on "
                   f"(*region*, the settings above) the first pass cropped {d['cropped']['region']} of them (mean box share "
                   f"{d['mean_share']['region']:.2f}; the others ran whole, box over max_share; the box the first pass "

@@ -211,7 +211,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="use each model's configs/cpu.pbtxt (python backend on onnxruntime; no GPU needed)")
     s.add_argument("--instances", type=int,
                    help="with --cpu: instances of every model (default: the configs' 1); 2 serves two readers' "
-                        "studies side by side (1.46x the studies/s at 4 clients on 2 cores, twice the memory per "
+                        "studies side by side (1.38-1.46x the studies/s at 4 clients on 2 cores, twice the memory per "
                         "request in flight: docs/performance.md)")
     s.add_argument("--threads", type=int,
                    help="with --cpu: onnxruntime threads per model instance (default with --instances: CPU cores / "
