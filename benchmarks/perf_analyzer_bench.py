@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from lumbarseg.triton.export import TEMPLATE, export
     from lumbarseg.triton.server import TritonServer, admin_headers
 
-    os.environ["OMP_NUM_THREADS"] = os.environ["LUMBARSEG_ORT_THREADS"] = str(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the stubs' numpy/torch; onnxruntime's: the scaled configs
     work = Path(tempfile.mkdtemp(prefix="perf_analyzer_bench_"))
     repository = work / "model_repository"
     if args.repository:

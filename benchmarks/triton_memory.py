@@ -15,7 +15,6 @@ process) are sampled every 0.25 s.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import shutil
 import sys
@@ -72,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     from lumbarseg.triton.client import TritonSegmenter
     from lumbarseg.triton.server import TritonServer, set_config_parameter
 
-    os.environ["LUMBARSEG_ORT_THREADS"] = str(args.threads)
     key = secrets.token_urlsafe(16)
     work = Path(tempfile.mkdtemp(prefix="triton_memory_"))
     repository = work / "model_repository"

@@ -126,15 +126,21 @@ def set_config_parameter(text: str, key: str, value: str) -> str:
     return text + f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
 
 
+def scaled_config_name(config_name: str, instances: int, threads: int) -> str:
+    """The name :func:`scaled_configs` gives its copies of ``config_name``."""
+    return f"{config_name}_{instances}x{threads}"
+
+
 def scaled_configs(repository: Path, config_name: str, *, instances: int, threads: int) -> str:
     """Write, beside every model's ``configs/<config_name>.pbtxt``, a copy with ``instances``
     CPU instances and ``threads`` onnxruntime threads per instance (``intra_op_threads``;
     ignored by a model that runs no network), named ``<config_name>_<instances>x<threads>``;
-    return that name for ``--model-config-name``. Generated beside the original rather than in
-    a copy of the repository so that versions exported later (a retrained model) are seen."""
+    return that name (:attr:`TritonServer.model_config_name`). Generated beside the original
+    rather than in a copy of the repository so that versions exported later (a retrained model)
+    are seen."""
     if instances < 1 or threads < 1:
         raise TritonError(f"instances and threads must be at least 1 (got {instances} and {threads})")
-    name = f"{config_name}_{instances}x{threads}"
+    name = scaled_config_name(config_name, instances, threads)
     sources = sorted(Path(repository).glob(f"*/configs/{config_name}.pbtxt"))
     if not sources:
         raise TritonError(f"{repository}: no model has configs/{config_name}.pbtxt to scale")
@@ -216,6 +222,11 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
 
     @property
+    def model_config_name(self) -> str | None:
+        """``--model-config-name``: ``config_name``, or its scaled copies' name (:func:`scaled_configs`)."""
+        return scaled_config_name(self.config_name, *self.scale) if self.scale else self.config_name
+
+    @property
     def url(self) -> str:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
         return f"{host}:{self.http_port}"
@@ -232,11 +243,8 @@ class TritonServer:
             "--model-control-mode=explicit", "--load-model=*",
             *restricted_api_arguments(self.key),
         ]
-        if self.scale:
-            instances, threads = self.scale
-            cmd.append(f"--model-config-name={scaled_configs(self.repository, self.config_name, instances=instances, threads=threads)}")
-        elif self.config_name:
-            cmd.append(f"--model-config-name={self.config_name}")
+        if self.model_config_name:
+            cmd.append(f"--model-config-name={self.model_config_name}")
         return cmd
 
     def ready(self) -> bool:
@@ -249,6 +257,8 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> "TritonServer":
         if not self.repository.is_dir():
             raise TritonError(f"{self.repository}: model repository not found")
+        if self.scale:
+            scaled_configs(self.repository, self.config_name, instances=self.scale[0], threads=self.scale[1])
         if self.log_path is None:
             log = subprocess.DEVNULL
         elif self.log_path == "-":
