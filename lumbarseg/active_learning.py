@@ -15,8 +15,8 @@ their mean are what the curves show), per study, and per set and class.
 Fine-tuning must not forget (issue 15): a later round fine-tunes with its own preset
 (``finetune_preset``, default ``al_finetune``: a lower learning rate than from-scratch
 training, slices centred on a voxel of a class the study labels, fusion patches drawn set by
-set) on every labelled study (replay), and the fusion group holds a study of every set with
-at least two labelled (:func:`round_split`), so no class is left to the fusion's drift.
+set) on every labelled study (replay), and the fusion learns on a study of every labelled set
+(:func:`fusion_group`), so no class is left to the fusion's drift.
 :func:`forgotten` flags, in the curve (``forgotten``) and the log, a class whose holdout Dice
 falls from above :data:`HAD` to below :data:`LOST` between consecutive rounds.
 
@@ -37,7 +37,8 @@ Strategies (:data:`STRATEGIES`; each scores with the previous round's model):
   inference, whereas a study here goes through three 2D plane networks and the 3D fusion.
 
 Labelled studies train the planes, except those :func:`round_split` puts in the ``fusion``
-group: the fusion learns on out-of-fold plane predictions, as in full training.
+group: the fusion learns on out-of-fold plane predictions, as in full training, and on
+in-sample ones of a set's only labelled study (:func:`fusion_group`).
 """
 
 from __future__ import annotations
@@ -180,28 +181,39 @@ def choose_diverse(candidates: list[str], k: int, scores: dict[str, float],
     return picked
 
 
-def fusion_group(labelled: list[str]) -> set[str]:
-    """Which labelled studies the fusion learns on (set-aware, so it sees every set's classes):
-    within each set, every 4th of its labelled studies in labelling order, and of a set with at
-    least two labelled and none of them picked so, its last; when no set has two, the last
-    labelled study. A set's only labelled study stays with the planes, which need it more."""
+def fusion_group(labelled: list[str]) -> tuple[set[str], set[str]]:
+    """Which labelled studies the fusion learns on (set-aware, so it sees every labelled class):
+    out of fold, within each set, every 4th of its labelled studies in labelling order, and of a
+    set with at least two labelled and none of them picked so, its last; in sample, a set's
+    only labelled study, which the planes need more but without which the fusion never sees
+    the classes only that set labels and forgets them (issue 15: random seed 2 lost the dural
+    sac when SPIDER's one study trained only the planes). Returns (out of fold, in sample)."""
     sets: dict[str, list[str]] = {}
     for key in labelled:
         sets.setdefault(key.split("/")[0], []).append(key)
-    fusion = set()
+    out_of_fold, in_sample = set(), set()
     for keys in sets.values():
-        fusion |= set(keys[3::4]) or ({keys[-1]} if len(keys) >= 2 else set())
-    return fusion or {labelled[-1]}
+        if len(keys) == 1:
+            in_sample.add(keys[0])
+        else:
+            out_of_fold |= set(keys[3::4]) or {keys[-1]}
+    return out_of_fold, in_sample
 
 
 def round_split(entries: list[manifest.ManifestEntry], labelled: list[str]) -> dict:
     """Training groups for a round: labelled studies train the planes, :func:`fusion_group` the
-    fusion; every other study (unlabelled pool, holdout) is ``holdout``, i.e. unread."""
-    fusion = fusion_group(labelled)
+    fusion (its in-sample studies both); every other study (unlabelled pool, holdout) is
+    ``holdout``, i.e. unread."""
+    out_of_fold, in_sample = fusion_group(labelled)
     split: dict[str, dict[str, list[str]]] = {}
     for e in entries:
-        group = "holdout" if e.key not in labelled else "fusion" if e.key in fusion else "train"
-        split.setdefault(e.set, {g: [] for g in GROUPS})[group].append(e.subject)
+        groups = split.setdefault(e.set, {g: [] for g in GROUPS})
+        if e.key not in labelled:
+            groups["holdout"].append(e.subject)
+        else:
+            groups["fusion" if e.key in out_of_fold else "train"].append(e.subject)
+            if e.key in in_sample:
+                groups["fusion"].append(e.subject)
     for e in entries:  # group_of is what training reads: it must see each study where we put it
         if group_of(e, split) == UNSEEN:
             raise StudyError(e.image.parent, f"set {e.set!r} is split by a unit larger than one study "
@@ -210,10 +222,11 @@ def round_split(entries: list[manifest.ManifestEntry], labelled: list[str]) -> d
     return split
 
 
-def _run_name(r: int, preset: TrainingPreset, init: Path | None, labelled: list[str]) -> str:
-    """``round_<r>_<hash>`` of what a round trains on and from: strategies sharing a work folder
-    share their identical first round, and a rerun resumes only the same training."""
-    what = json.dumps([asdict(preset), None if init is None else str(Path(init).resolve()), labelled])
+def _run_name(r: int, preset: TrainingPreset, init: Path | None, split: dict) -> str:
+    """``round_<r>_<hash>`` of what a round trains on (its :func:`round_split`) and from:
+    strategies sharing a work folder share their identical first round, and a rerun resumes
+    only the same training."""
+    what = json.dumps([asdict(preset), None if init is None else str(Path(init).resolve()), split])
     return f"round_{r}_{hashlib.sha256(what.encode()).hexdigest()[:10]}"
 
 
@@ -329,18 +342,21 @@ def simulate(data_dirs: list[Path], strategy: str, rounds: int, per_round: int, 
                             profiles, labelled)
             labelled += chosen
         round_preset = presets["later" if r else "first"]
-        out = work / _run_name(r, round_preset, model, labelled)
+        groups = round_split(entries, labelled)
+        out = work / _run_name(r, round_preset, model, groups)
         if not (out / "cache").exists():
             out.mkdir(parents=True, exist_ok=True)
             (out / "cache").symlink_to((work / "cache").resolve(), target_is_directory=True)
-        model = train(round_preset, data_dirs, out, init=model, split=round_split(entries, labelled))
+        model = train(round_preset, data_dirs, out, init=model, split=groups)
         segmenter = Segmenter.load(model)
         per_study = _holdout_dice(out / "holdout_dice.json", segmenter, holdout, study)
         previous, dice = dice, summarise(list(per_study.values()))
         lost = forgotten(previous, dice) if r else []
+        out_of_fold, in_sample = fusion_group(labelled)
         curve["rounds"].append({
             "round": r, "n_labelled": len(labelled), "chosen": chosen, "model": str(model),
-            "preset": finetune_preset if r or init_weights else preset, "fusion_group": sorted(fusion_group(labelled)),
+            "preset": finetune_preset if r or init_weights else preset,
+            "fusion_group": sorted(out_of_fold), "fusion_in_sample": sorted(in_sample),
             "scores": None if scores is None else {k: round(v, 5) for k, v in sorted(scores.items())},
             "dice": dice, "dice_by_set": by_set(per_study), "holdout_dice": per_study, "forgotten": lost,
             "seconds": round(time.perf_counter() - began, 1),

@@ -143,19 +143,24 @@ def subject_unit(set_name: str, subject: str) -> str:
     return subject.split("_")[0] if set_name == "ivdm3seg_crops" else subject
 
 
-def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
-    """``train``, ``fusion`` or ``holdout`` for a manifest row; sets the split does not name train.
-    A subject of a set the split names but not in any of its groups is ``unseen``: new studies
-    from a known source (say, the evaluation subjects kept back from ../shared/data), never
-    trained on, scored like holdout."""
+def groups_of(entry: manifest.ManifestEntry, split: dict) -> tuple[str, ...]:
+    """Every group whose list names the manifest row's subject, in :data:`GROUPS` order; sets
+    the split does not name train. A subject of a set the split names but not in any of its
+    groups is ``unseen``: new studies from a known source (say, the evaluation subjects kept
+    back from ../shared/data), never trained on, scored like holdout. A subject in both
+    ``train`` and ``fusion`` trains the planes and the fusion, which then learns on the planes'
+    in-sample predictions of it (active learning's rounds do this for a set's only labelled
+    study; ``configs/data/split.json`` names each subject once)."""
     groups = split.get(entry.set)
     if groups is None:
-        return "train"
+        return ("train",)
     unit = subject_unit(entry.set, entry.subject)
-    for group in GROUPS:
-        if unit in groups[group]:
-            return group
-    return UNSEEN
+    return tuple(g for g in GROUPS if unit in groups[g]) or (UNSEEN,)
+
+
+def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
+    """``train``, ``fusion``, ``holdout`` or ``unseen``: the first of :func:`groups_of`."""
+    return groups_of(entry, split)[0]
 
 
 def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datasets.TrainingVolume:
@@ -184,9 +189,11 @@ def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
         log.warning("not training on %d studies the split does not place (%s%s): add them to a group to use them",
                     len(unseen), ", ".join(unseen[:5]), ", ..." if len(unseen) > 5 else "")
     for entry in tqdm(entries, desc="preparing studies", unit="study"):
-        group = group_of(entry, split)
-        if group in out:
-            out[group].append(_cached(entry, preset.spacing_mm, cache))
+        groups = [g for g in groups_of(entry, split) if g in out]
+        if groups:
+            volume = _cached(entry, preset.spacing_mm, cache)
+            for group in groups:
+                out[group].append(volume)
     draw = preset.phantoms
     if draw.train or draw.fusion:
         from lumbarseg import phantom
@@ -424,7 +431,8 @@ def fusion_inputs(plane_models: dict[str, torch.nn.Module], volumes: list[datase
 
 def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
                  preset: TrainingPreset, out: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """The fusion learns on the plane networks' predictions of subjects they never trained on."""
+    """The fusion learns on the plane networks' predictions of the fusion group: subjects they
+    never trained on, except those the split lists in both groups (:func:`groups_of`)."""
     if not volumes:
         raise StudyError(out, "no fusion-group studies: the fusion learns on out-of-fold predictions, so it needs "
                               "subjects the plane networks do not train on")

@@ -41,13 +41,14 @@ def test_disagreement_picks_the_highest_scores_and_random_is_seeded():
 
 
 def test_round_split_puts_every_fourth_labelled_study_in_fusion(tmp_path):
-    entries = [manifest.ManifestEntry("s", f"{i:02d}", tmp_path / f"{i}.nii.gz", tmp_path / f"{i}_l.nii.gz",
-                                      ("t2w",), {1: "disc"}) for i in range(10)]
-    labelled = [f"s/{i:02d}" for i in (5, 1, 7, 2, 9, 0)]
-    split = al.round_split(entries, labelled)["s"]
-    assert split["fusion"] == ["02"]  # the 4th labelled
-    assert sorted(split["train"]) == ["00", "01", "05", "07", "09"]
-    assert sorted(split["holdout"]) == ["03", "04", "06", "08"]  # unlabelled: never read by training
+    entries = [manifest.ManifestEntry(name, f"{i:02d}", tmp_path / f"{name}{i}.nii.gz", tmp_path / f"{name}{i}_l.nii.gz",
+                                      ("t2w",), {1: "disc"}) for name in ("s", "t") for i in range(10)]
+    labelled = [f"s/{i:02d}" for i in (5, 1, 7, 2, 9, 0)] + ["t/04"]
+    split = al.round_split(entries, labelled)
+    assert split["s"]["fusion"] == ["02"]  # the 4th labelled
+    assert sorted(split["s"]["train"]) == ["00", "01", "05", "07", "09"]
+    assert sorted(split["s"]["holdout"]) == ["03", "04", "06", "08"]  # unlabelled: never read by training
+    assert split["t"]["train"] == split["t"]["fusion"] == ["04"]  # its set's only study trains both
     assert al.round_split(entries, labelled[:2])["s"]["fusion"] == ["01"]  # fewer than 4: the last one
     crops = [manifest.ManifestEntry("ivdm3seg_crops", "A1_volume1", tmp_path / "c.nii.gz", tmp_path / "l.nii.gz",
                                     ("fat", "inn", "opp"), {1: "disc"})]
@@ -242,14 +243,16 @@ def test_fine_tuning_replays_a_class_only_one_earlier_study_labels():
     assert np.mean(sure_disc) >= 0.3
 
 
-def test_fusion_group_holds_a_study_of_every_set_with_two_labelled():
+def test_fusion_group_sees_every_labelled_set():
     # The seed-2 run whose round 2 lost the discs: the old rule (every 4th labelled) gave the
     # fusion lumbar_vb_t2/07 alone, so the fusion never saw a disc label.
     labelled = ["lumbar_ivd_t2/25", "lumbar_ivd_t2/46", "lumbar_vb_t2/10", "lumbar_vb_t2/07", "lumbar_vb_t2/14",
                 "lumbar_vb_t2/12", "lumbar_vb_t2/13"]
-    assert al.fusion_group(labelled) == {"lumbar_ivd_t2/46", "lumbar_vb_t2/12"}
-    assert al.fusion_group(labelled[:3]) == {"lumbar_ivd_t2/46"}  # vb_t2's only study trains the planes
-    assert al.fusion_group(["a/1", "b/1", "c/1"]) == {"c/1"}  # no set with two: the last, as before
+    assert al.fusion_group(labelled) == ({"lumbar_ivd_t2/46", "lumbar_vb_t2/12"}, set())
+    # The random seed-2 run that lost the dural sac: SPIDER's only study trained the planes alone.
+    assert al.fusion_group(labelled[:3] + ["spider_t2_space/5"]) == ({"lumbar_ivd_t2/46"},
+                                                                      {"lumbar_vb_t2/10", "spider_t2_space/5"})
+    assert al.fusion_group(["a/1", "b/1", "c/1"]) == (set(), {"a/1", "b/1", "c/1"})
 
 
 def _planes(*maps: np.ndarray) -> dict[str, np.ndarray]:

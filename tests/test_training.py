@@ -131,6 +131,10 @@ def test_new_subjects_of_a_split_set_are_scored_as_unseen_and_never_trained_on(t
     volumes = collect_volumes([tmp_path], replace(TrainingPreset.load("smoke"), phantoms=PhantomDraw(train=1, fusion=0, seed=5)),
                               tmp_path / "cache")
     assert [v.key.split("/")[0] for v in volumes["train"]] == ["phantom"]  # the one generated phantom only
+    both = {"lumbar_vb_t2": {"train": ["new0"], "fusion": ["new0"], "holdout": []}}  # as an AL round lists a set's only study
+    volumes = collect_volumes([tmp_path], replace(TrainingPreset.load("smoke"), phantoms=PhantomDraw(train=0, fusion=0, seed=5)),
+                              tmp_path / "cache", both)
+    assert [v.key for v in volumes["train"]] == [v.key for v in volumes["fusion"]] == ["lumbar_vb_t2/new0"]
 
 
 def test_bad_training_input_names_the_file(tmp_path):
