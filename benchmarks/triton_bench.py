@@ -612,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": lambda i: segmenter.segment(series),
                 "onnxruntime": lambda i: pipeline.segment_series(series, segmenter.spacing, onnx.predict),
                 **{name: (lambda i, client=client: client.segment(series)) for name, client in remote.items()},
-                # the fused probabilities only: what the three per-plane outputs' transfer costs
+                # what the per-plane outputs cost: their probabilities (9 float32 per voxel, not a
+                # uint8 class map; the js_divergence disagreement reads them), and none at all
+                "triton_grpc_plane_probabilities":
+                    lambda i: remote["triton_grpc"].segment(series, plane_probabilities=True),
                 "triton_grpc_fused_only": lambda i: remote["triton_grpc"].segment(series, with_planes=False),
             }
             # One client, backends interleaved round by round: the latency comparison.
@@ -628,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             load["after_concurrency"] = other_load()
             results["ratio_triton_over_onnxruntime"] = {
                 name: round(results["segment"][name][0]["median_s"] / results["segment"]["onnxruntime"][0]["median_s"], 3)
-                for name in (*remote, "triton_grpc_fused_only")}
+                for name in backends if name.startswith("triton")}
             if "app" not in skip:
                 print("MONAI Label app on Triton ...", flush=True)
                 try:

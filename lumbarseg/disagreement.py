@@ -139,6 +139,11 @@ def error_weighted(segmentation, errors: dict[str, float]) -> float | None:
     return 0.0 if value is None and rates else value
 
 
+def reads_probabilities(definition: str) -> bool:
+    """Whether ``definition`` reads the planes' probabilities, not only their class maps."""
+    return definition == "js_divergence"
+
+
 def score(segmentation, definition: str = DEFINITION) -> float | None:
     """The study's disagreement under ``definition`` from a :class:`lumbarseg.pipeline.Segmentation`."""
     if definition == "class_rate":

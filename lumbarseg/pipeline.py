@@ -257,14 +257,16 @@ def crop(volume: np.ndarray, region: Region) -> np.ndarray:
     return volume if not region.cropped else np.ascontiguousarray(volume[(slice(None), *region.slices)])
 
 
-def paste(probabilities: np.ndarray, region: Region) -> np.ndarray:
-    """Class probabilities on the region's box ``(K, ...)`` -> the whole grid: background
-    (class 0, probability 1) outside the box."""
+def paste(values: np.ndarray, region: Region) -> np.ndarray:
+    """Values on the region's box -> the whole grid, background outside: class probabilities
+    ``(K, ...)`` get class 0 with probability 1 there, a class map ``(...)`` class 0."""
     if not region.cropped:
-        return probabilities
-    out = np.zeros((probabilities.shape[0], *region.grid), probabilities.dtype)
-    out[0] = 1.0
-    out[(slice(None), *region.slices)] = probabilities
+        return values
+    lead = values.shape[:-3]
+    out = np.zeros((*lead, *region.grid), values.dtype)
+    if lead:
+        out[0] = 1.0
+    out[(..., *region.slices)] = values
     return out
 
 
@@ -289,7 +291,7 @@ class Segmentation:
 
     classes: np.ndarray  # (I, J, K) uint8 tissue class indices, source orientation
     plane_classes: dict[str, np.ndarray]  # plane -> (I, J, K) what that plane alone predicts
-    plane_probabilities: dict[str, np.ndarray]  # plane -> (K, X, Y, Z)
+    plane_probabilities: dict[str, np.ndarray]  # plane -> (K, X, Y, Z); empty when only classes were sent
     probabilities: np.ndarray  # (K, X, Y, Z) fused
     # The planes the fusion read: on a narrow sagittal slab the axial and coronal networks see
     # no anatomy and the fusion ignores them (planes.slab_planes), so their disagreement with
@@ -383,22 +385,33 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     """The study-level steps around the networks, shared by every backend (in-process here,
     :class:`lumbarseg.triton.client.TritonSegmenter`): the series' network input
     (:func:`lumbarseg.planes.network_input`) resampled to ``spacing`` mm isotropic, given to
-    ``predict`` (-> per-plane probabilities, possibly empty, and fused probabilities on that
-    grid, and optionally the :class:`Region` the networks ran on), classes taken on the source
-    grid."""
+    ``predict`` (-> per plane its probabilities ``(K, X, Y, Z)`` or only its class map
+    ``(X, Y, Z)``, possibly none; fused probabilities on that grid; and optionally the
+    :class:`Region` the networks ran on), classes taken on the source grid. A plane's classes
+    are taken on the network grid (the argmax a backend that sends class maps takes) and
+    resampled nearest, so every backend gives the same plane classes; the fused classes come
+    from the probabilities resampled."""
     # the grid budget first (reorienting only permutes axes: the same voxel count)
     budget.check_grid(series.source or series.description or "series", series.shape, series.spacing, spacing)
     canonical = planes.to_canonical(series)
     image = planes.model_input(series, spacing)
     per_plane, fused, *where = predict(image)
 
-    def on_source_grid(probabilities: np.ndarray) -> np.ndarray:
-        classes = planes.resample(probabilities, canonical.shape, "trilinear").argmax(axis=0)
-        return planes.from_canonical(classes.astype(np.uint8), series)
+    def on_source_grid(classes: np.ndarray) -> np.ndarray:
+        return planes.from_canonical(planes.resample(classes[None], canonical.shape, "nearest")[0], series)
 
+    fused_classes = class_map(planes.resample(fused, canonical.shape, "trilinear"))
+    plane_classes = {p: on_source_grid(v if v.ndim == 3 else class_map(v)) for p, v in per_plane.items()}
     silent = planes.slab_planes(image.shape[1:], spacing)
-    return Segmentation(on_source_grid(fused), {p: on_source_grid(v) for p, v in per_plane.items()}, per_plane, fused,
+    return Segmentation(planes.from_canonical(fused_classes, series), plane_classes,
+                        {p: v for p, v in per_plane.items() if v.ndim == 4}, fused,
                         fused_planes=tuple(p for p in per_plane if p not in silent), region=where[0] if where else None)
+
+
+def class_map(probabilities: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(K, X, Y, Z)`` -> their argmax ``(X, Y, Z)`` uint8 (the Triton
+    pipeline's ``CLASSES`` and ``<PLANE>_CLASSES``)."""
+    return probabilities.argmax(axis=0).astype(np.uint8)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import model_config_pb2
 
-from lumbarseg import tissues
+from lumbarseg import planes, tissues
 from lumbarseg.triton.export import (CPU_CONFIG, MODELS, NETWORK_MODELS, PIPELINE, TEMPLATE, ExportError,
                                      check_config, read_config)
 
@@ -46,8 +46,8 @@ def test_gpu_and_cpu_configs_parse_and_agree(model):
 def test_pipeline_outputs_name_every_plane():
     config = read_config(TEMPLATE / PIPELINE / "config.pbtxt")
     names = {t.name for t in config.output}
-    assert names == {"PROBABILITIES", "CLASSES", "SAGITTAL_PROBABILITIES", "CORONAL_PROBABILITIES",
-                     "AXIAL_PROBABILITIES", "REGION"}
+    assert names == {"PROBABILITIES", "CLASSES", "REGION",
+                     *(f"{plane.upper()}_{kind}" for plane in planes.PLANES for kind in ("PROBABILITIES", "CLASSES"))}
 
 
 def test_a_config_that_does_not_fit_the_graph_is_refused():

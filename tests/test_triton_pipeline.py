@@ -157,11 +157,15 @@ def test_triton_pipeline_matches_in_process_inference(served, study, local):
     with TritonSegmenter(served["grpc"]) as client:
         assert client.spacing == SPACING
         remote = client.segment(study)
+        detailed = client.segment(study, plane_probabilities=True)
     assert remote.classes.shape == study.shape
     assert remote.region == local.region  # the same first pass and box (lumbarseg.pipeline.locate)
     assert (remote.classes == local.classes).mean() >= PARITY
+    assert remote.plane_probabilities == {}  # the planes' class maps only, unless asked
     for plane in planes.PLANES:
         assert (remote.plane_classes[plane] == local.plane_classes[plane]).mean() >= PARITY
+        np.testing.assert_array_equal(detailed.plane_classes[plane], remote.plane_classes[plane])
+        np.testing.assert_allclose(detailed.plane_probabilities[plane], local.plane_probabilities[plane], atol=1e-4)
     np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-4)
 
 
@@ -190,9 +194,11 @@ def test_classes_output_and_health(served, local):
         health = client.health()
         assert health["ready"] and set(health["models"]) == {*NETWORK_MODELS, "spine_pipeline"}
         image = np.random.default_rng(0).random((3, 17, 23, 12), dtype=np.float32)
-        out = client.infer(image, ["CLASSES", "PROBABILITIES"])
+        out = client.infer(image, ["CLASSES", "PROBABILITIES", "AXIAL_CLASSES", "AXIAL_PROBABILITIES"])
     assert out["CLASSES"].dtype == np.uint8 and out["CLASSES"].shape == (17, 23, 12)
     np.testing.assert_array_equal(out["CLASSES"], out["PROBABILITIES"].argmax(axis=0))
+    assert out["AXIAL_CLASSES"].dtype == np.uint8
+    np.testing.assert_array_equal(out["AXIAL_CLASSES"], out["AXIAL_PROBABILITIES"].argmax(axis=0))
 
 
 def test_bad_input_is_refused_with_the_reason(served):

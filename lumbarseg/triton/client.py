@@ -223,22 +223,27 @@ class TritonSegmenter:
                 self._restart(dead.group(1))
         return {name: np.array(result.as_numpy(name)) for name in outputs}  # writable copies (torch reads them)
 
-    def predict(self, image: np.ndarray, with_planes: bool = True,
-                region: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, Region | None]:
-        """Per-plane (if ``with_planes``) and fused probabilities, and the :class:`Region` the
-        networks ran on (None from a pipeline without the REGION output), as ``Segmenter.predict``."""
-        names = [f"{plane.upper()}_PROBABILITIES" for plane in planes.PLANES] if with_planes else []
+    def predict(self, image: np.ndarray, with_planes: bool = True, region: bool | None = None, *,
+                plane_probabilities: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, Region | None]:
+        """Per plane (if ``with_planes``) its class map, or its probabilities when
+        ``plane_probabilities`` (or from a pipeline exported before ``<PLANE>_CLASSES``); the fused
+        probabilities; and the :class:`Region` the networks ran on (None from a pipeline without
+        the REGION output): what :func:`lumbarseg.pipeline.segment_series` takes."""
+        kind = "CLASSES" if not plane_probabilities and "SAGITTAL_CLASSES" in self.outputs else "PROBABILITIES"
+        names = [f"{plane.upper()}_{kind}" for plane in planes.PLANES] if with_planes else []
         extra = ["REGION"] if "REGION" in self.outputs else []
         out = self.infer(image, ["PROBABILITIES", *names, *extra], region)
         where = Region.from_code(out["REGION"], image.shape[1:]) if extra else None
         return {plane: out[name] for plane, name in zip(planes.PLANES, names)}, out["PROBABILITIES"], where
 
-    def segment(self, series: Series, with_planes: bool = True, region: bool | None = None) -> Segmentation:
+    def segment(self, series: Series, with_planes: bool = True, region: bool | None = None, *,
+                plane_probabilities: bool = False) -> Segmentation:
         """As :meth:`lumbarseg.pipeline.Segmenter.segment`; ``with_planes=False`` skips the
-        per-plane outputs (a quarter of the transfer; no plane classes or disagreement);
-        ``region`` turns spine-region inference on or off (default: the served config's
-        ``spine_region`` setting). A study whose grid is over the server's :attr:`limits` is a
-        :class:`StudyError` before anything is sent."""
+        per-plane outputs (no plane classes or disagreement); the planes send class maps, and
+        their probabilities (4 x 9 times the bytes) only when ``plane_probabilities`` (the
+        ``js_divergence`` disagreement reads them); ``region`` turns spine-region inference on
+        or off (default: the served config's ``spine_region`` setting). A study whose grid is
+        over the server's :attr:`limits` is a :class:`StudyError` before anything is sent."""
         def predict(image: np.ndarray):
             max_voxels, max_extent = self.limits
             grid = image.shape[1:]
@@ -247,7 +252,7 @@ class TritonSegmenter:
                                  f"the study's field of view at {self.spacing:g} mm is a {'x'.join(map(str, grid))} grid "
                                  f"({int(np.prod(grid)):,} voxels); the Triton server ({self.url}) takes at most "
                                  f"{max_voxels:,} voxels and {max_extent} per axis (its memory budget)")
-            return self.predict(image, with_planes, region)
+            return self.predict(image, with_planes, region, plane_probabilities=plane_probabilities)
 
         return segment_series(series, self.spacing, predict)
 

@@ -24,6 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 PROBABILITIES = "PROBABILITIES"
+CLASSES = "CLASSES"
 REGION = "REGION"  # spine_pipeline output: lumbarseg.pipeline.Region.code() of where the networks ran
 REGION_PARAMETER = "spine_region"  # config parameter (settings) and request parameter (true/false)
 # Environment override of each config's intra_op_threads (tests and shared machines).
@@ -85,8 +86,9 @@ class _Failed(Exception):
 
 
 class SpinePipeline:
-    """IMAGE ``(3, X, Y, Z)`` -> fused PROBABILITIES ``(K, X, Y, Z)``, CLASSES ``(X, Y, Z)`` and
-    ``<PLANE>_PROBABILITIES`` per plane; only the requested outputs are sent back."""
+    """IMAGE ``(3, X, Y, Z)`` -> fused PROBABILITIES ``(K, X, Y, Z)``, CLASSES ``(X, Y, Z)``, per
+    plane ``<PLANE>_CLASSES`` and ``<PLANE>_PROBABILITIES``, and REGION; only the requested
+    outputs are sent back."""
 
     def initialize(self, args: dict) -> None:
         from lumbarseg import pipeline, planes  # torch and monai: loaded in this model's stub only
@@ -152,12 +154,13 @@ class SpinePipeline:
         except _Failed as err:
             return _error(str(err), "UNAVAILABLE")
         wanted = set(request.requested_output_names())
-        if not any(f"{plane.upper()}_{PROBABILITIES}" in wanted for plane in self.planes.PLANES):
+        if not any(name.startswith(plane.upper()) for name in wanted for plane in self.planes.PLANES):
             per_plane.clear()
-        outputs = {PROBABILITIES: lambda: fused, "CLASSES": lambda: fused.argmax(axis=0).astype(np.uint8),
-                   REGION: region.code}
-        outputs.update({f"{plane.upper()}_{PROBABILITIES}": (lambda p=plane: pipeline.paste(per_plane[p], region))
-                        for plane in self.planes.PLANES})
+        outputs = {PROBABILITIES: lambda: fused, CLASSES: lambda: pipeline.class_map(fused), REGION: region.code}
+        for plane in self.planes.PLANES:  # a plane's class map is 1/36 of its probabilities' bytes
+            outputs[f"{plane.upper()}_{PROBABILITIES}"] = lambda p=plane: pipeline.paste(per_plane[p], region)
+            outputs[f"{plane.upper()}_{CLASSES}"] = lambda p=plane: pipeline.paste(pipeline.class_map(per_plane[p]),
+                                                                                   region)
         return pb_utils.InferenceResponse([pb_utils.Tensor(name, np.ascontiguousarray(make()))
                                            for name, make in outputs.items() if name in wanted])
 

@@ -20,4 +20,6 @@ class PlaneDisagreement(PerStudyScore):
                          definition=definition)
 
     def score(self, series: Series) -> float | None:
-        return disagreement.score(self.model.segment(series, with_planes=True), self.settings["definition"])
+        definition = self.settings["definition"]
+        segmentation = self.model.segment(series, plane_probabilities=disagreement.reads_probabilities(definition))
+        return disagreement.score(segmentation, definition)
