@@ -612,10 +612,9 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": lambda i: segmenter.segment(series),
                 "onnxruntime": lambda i: pipeline.segment_series(series, segmenter.spacing, onnx.predict),
                 **{name: (lambda i, client=client: client.segment(series)) for name, client in remote.items()},
-                # what the per-plane outputs cost: their probabilities (9 float32 per voxel, not a
-                # uint8 class map; the js_divergence disagreement reads them), and none at all
-                "triton_grpc_plane_probabilities":
-                    lambda i: remote["triton_grpc"].segment(series, plane_probabilities=True),
+                # what the outputs cost: probabilities (9 float32 per voxel, not a uint8 class map)
+                # per plane and fused, resampled in the client; and no plane output at all
+                "triton_grpc_probabilities": lambda i: remote["triton_grpc"].segment(series, probabilities=True),
                 "triton_grpc_fused_only": lambda i: remote["triton_grpc"].segment(series, with_planes=False),
             }
             # One client, backends interleaved round by round: the latency comparison.

@@ -292,7 +292,7 @@ class Segmentation:
     classes: np.ndarray  # (I, J, K) uint8 tissue class indices, source orientation
     plane_classes: dict[str, np.ndarray]  # plane -> (I, J, K) what that plane alone predicts
     plane_probabilities: dict[str, np.ndarray]  # plane -> (K, X, Y, Z); empty when only classes were sent
-    probabilities: np.ndarray  # (K, X, Y, Z) fused
+    probabilities: np.ndarray | None  # (K, X, Y, Z) fused; None when only classes were sent
     # The planes the fusion read: on a narrow sagittal slab the axial and coronal networks see
     # no anatomy and the fusion ignores them (planes.slab_planes), so their disagreement with
     # the sagittal plane says nothing about this study.
@@ -377,7 +377,7 @@ class Segmenter:
         return segment_series(series, self.spacing, lambda image: self.predict(image, region))
 
 
-# network input -> (per-plane probabilities, fused probabilities[, Region])
+# network input -> (per plane probabilities or class map, fused probabilities or canonical-grid classes[, Region])
 Predict = Callable[[np.ndarray], tuple]
 
 
@@ -385,26 +385,30 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     """The study-level steps around the networks, shared by every backend (in-process here,
     :class:`lumbarseg.triton.client.TritonSegmenter`): the series' network input
     (:func:`lumbarseg.planes.network_input`) resampled to ``spacing`` mm isotropic, given to
-    ``predict`` (-> per plane its probabilities ``(K, X, Y, Z)`` or only its class map
-    ``(X, Y, Z)``, possibly none; fused probabilities on that grid; and optionally the
-    :class:`Region` the networks ran on), classes taken on the source grid. A plane's classes
-    are taken on the network grid (the argmax a backend that sends class maps takes) and
-    resampled nearest, so every backend gives the same plane classes; the fused classes come
-    from the probabilities resampled."""
+    ``predict``, which returns per plane its probabilities ``(K, X, Y, Z)`` or only its class
+    map ``(X, Y, Z)`` (possibly no plane); the fused probabilities on that grid, or the fused
+    classes already on the series' canonical grid (:func:`lumbarseg.planes.canonical_shape`);
+    and optionally the :class:`Region` the networks ran on. Fused classes are the argmax of the
+    probabilities resampled trilinear to the canonical grid; a plane's classes are taken on the
+    network grid and resampled nearest (what a backend that sends class maps does), so every
+    backend gives the same classes. Both are returned in the series' own orientation."""
     # the grid budget first (reorienting only permutes axes: the same voxel count)
     budget.check_grid(series.source or series.description or "series", series.shape, series.spacing, spacing)
-    canonical = planes.to_canonical(series)
+    shape = planes.canonical_shape(series)
     image = planes.model_input(series, spacing)
     per_plane, fused, *where = predict(image)
+    fused_classes = fused if fused.ndim == 3 else class_map(planes.resample(fused, shape, "trilinear"))
+    if fused_classes.shape != shape:
+        raise ValueError(f"the backend sent fused classes of shape {fused_classes.shape} for a series whose "
+                         f"canonical grid is {shape}")
 
     def on_source_grid(classes: np.ndarray) -> np.ndarray:
-        return planes.from_canonical(planes.resample(classes[None], canonical.shape, "nearest")[0], series)
+        return planes.from_canonical(planes.resample(classes[None], shape, "nearest")[0], series)
 
-    fused_classes = class_map(planes.resample(fused, canonical.shape, "trilinear"))
     plane_classes = {p: on_source_grid(v if v.ndim == 3 else class_map(v)) for p, v in per_plane.items()}
     silent = planes.slab_planes(image.shape[1:], spacing)
     return Segmentation(planes.from_canonical(fused_classes, series), plane_classes,
-                        {p: v for p, v in per_plane.items() if v.ndim == 4}, fused,
+                        {p: v for p, v in per_plane.items() if v.ndim == 4}, None if fused.ndim == 3 else fused,
                         fused_planes=tuple(p for p in per_plane if p not in silent), region=where[0] if where else None)
 
 

@@ -55,6 +55,14 @@ def to_canonical(series: Series) -> Series:
     return Series(image, affine, series.modalities, series.description, label, series.source, dict(series.meta))
 
 
+def canonical_shape(series: Series) -> tuple[int, int, int]:
+    """The shape of :func:`to_canonical`'s grid, without moving a voxel."""
+    shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(_transform(series.affine)):
+        shape[int(target)] = series.shape[axis]
+    return tuple(shape)
+
+
 def from_canonical(volume: np.ndarray, source: Series) -> np.ndarray:
     """Inverse of :func:`to_canonical` for an array ``(..., X, Y, Z)`` on the canonical grid of
     ``source``: back to the stored orientation (for writing labels next to the image)."""

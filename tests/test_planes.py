@@ -31,6 +31,7 @@ def test_canonical_keeps_patient_positions_and_round_trips(axcodes):
     series = _series(axcodes)
     canonical = planes.to_canonical(series)
     assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
+    assert planes.canonical_shape(series) == canonical.shape
     # voxel values were their world x and z: they must still be, under the new affine
     ijk = np.stack(np.meshgrid(*map(np.arange, canonical.shape), indexing="ij"), -1)
     xyz = canonical.world(ijk)

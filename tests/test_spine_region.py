@@ -180,23 +180,26 @@ def test_region_code_and_settings_round_trip():
     assert info.region == RegionSettings(margin_mm=20.0)
 
 
-def test_plane_class_maps_give_the_plane_classes_of_plane_probabilities():
+def test_class_maps_give_the_classes_of_probabilities():
     """A backend may send each plane's class map instead of its probabilities (the Triton
-    pipeline's <PLANE>_CLASSES, pasted into the grid like probabilities): the segmentation's
-    plane classes are the same either way."""
+    pipeline's <PLANE>_CLASSES, pasted into the grid like probabilities) and the fused classes
+    already on the series' canonical grid (SOURCE_CLASSES): the segmentation's classes are the
+    same either way."""
     series = Series(np.zeros((1, 14, 30, 25), np.float32), np.diag([4.0, 1.3, 1.3, 1.0]), ("t2w",), "vol")
     grid = planes.model_input(series, SPACING).shape[1:]
     region = Region(grid, ((2, grid[0] - 1), (3, grid[1] - 2), (1, grid[2])), CROPPED)
     rng = np.random.default_rng(4)
     box = {p: rng.random((K, *region.shape), dtype=np.float32) for p in planes.PLANES}
     fused = pipeline.paste(box["sagittal"], region)
+    source_classes = pipeline.class_map(planes.resample(fused, planes.canonical_shape(series), "trilinear"))
 
     def sending(maps: bool):
         return lambda image: ({p: pipeline.paste(pipeline.class_map(v) if maps else v, region) for p, v in box.items()},
-                              fused, region)
+                              source_classes if maps else fused, region)
 
     probabilities, maps = (pipeline.segment_series(series, SPACING, sending(m)) for m in (False, True))
     assert maps.plane_probabilities == {} and set(probabilities.plane_probabilities) == set(planes.PLANES)
+    assert maps.probabilities is None and probabilities.probabilities is fused
     for plane in planes.PLANES:
         assert maps.plane_classes[plane].shape == series.shape and maps.plane_classes[plane].dtype == np.uint8
         np.testing.assert_array_equal(maps.plane_classes[plane], probabilities.plane_classes[plane])

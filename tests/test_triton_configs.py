@@ -46,7 +46,7 @@ def test_gpu_and_cpu_configs_parse_and_agree(model):
 def test_pipeline_outputs_name_every_plane():
     config = read_config(TEMPLATE / PIPELINE / "config.pbtxt")
     names = {t.name for t in config.output}
-    assert names == {"PROBABILITIES", "CLASSES", "REGION",
+    assert names == {"PROBABILITIES", "CLASSES", "SOURCE_CLASSES", "REGION",
                      *(f"{plane.upper()}_{kind}" for plane in planes.PLANES for kind in ("PROBABILITIES", "CLASSES"))}
 
 

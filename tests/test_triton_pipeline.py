@@ -157,16 +157,18 @@ def test_triton_pipeline_matches_in_process_inference(served, study, local):
     with TritonSegmenter(served["grpc"]) as client:
         assert client.spacing == SPACING
         remote = client.segment(study)
-        detailed = client.segment(study, plane_probabilities=True)
+        detailed = client.segment(study, probabilities=True)
     assert remote.classes.shape == study.shape
     assert remote.region == local.region  # the same first pass and box (lumbarseg.pipeline.locate)
     assert (remote.classes == local.classes).mean() >= PARITY
-    assert remote.plane_probabilities == {}  # the planes' class maps only, unless asked
+    # class maps only (fused ones resampled by the pipeline), unless asked for probabilities
+    assert remote.plane_probabilities == {} and remote.probabilities is None
+    assert (detailed.classes == remote.classes).mean() >= PARITY
     for plane in planes.PLANES:
         assert (remote.plane_classes[plane] == local.plane_classes[plane]).mean() >= PARITY
         np.testing.assert_array_equal(detailed.plane_classes[plane], remote.plane_classes[plane])
         np.testing.assert_allclose(detailed.plane_probabilities[plane], local.plane_probabilities[plane], atol=1e-4)
-    np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-4)
+    np.testing.assert_allclose(detailed.probabilities, local.probabilities, atol=1e-4)
 
 
 def test_spine_region_inference_is_the_pipelines_and_a_request_can_turn_it_off(served, weights, study):
@@ -178,7 +180,7 @@ def test_spine_region_inference_is_the_pipelines_and_a_request_can_turn_it_off(s
         pipeline.Segmenter.load(weights).region
     local = pipeline.Segmenter.load(weights).segment(study, region=False)
     with TritonSegmenter(served["grpc"]) as client:
-        remote = client.segment(study, region=False)
+        remote = client.segment(study, region=False, probabilities=True)
         image = np.random.default_rng(8).random((3, 9, 10, 11), dtype=np.float32)
         out = client.infer(image, ["CLASSES", "REGION"], region=True)
     assert remote.region.status == pipeline.OFF and not remote.region.cropped
@@ -210,6 +212,26 @@ def test_bad_input_is_refused_with_the_reason(served):
         with pytest.raises(TritonError, match=r"IMAGE.*INVALID_ARGUMENT"):
             client.infer(np.zeros((2, 8, 8, 8), np.float32), ["CLASSES"])  # two channels, not three
         assert client.health()["ready"]  # and the server is still serving
+
+
+def test_source_classes_are_resampled_to_the_requested_grid_within_the_limit(served):
+    """SOURCE_CLASSES: the fused classes on the request's source_shape grid, as the client
+    would resample them; a missing, malformed or oversized shape is refused before any work."""
+    image = np.random.default_rng(2).random((3, 17, 23, 12), dtype=np.float32)
+    with TritonSegmenter(served["grpc"]) as client:
+        out = client.infer(image, ["SOURCE_CLASSES", "PROBABILITIES"], source_shape=(30, 41, 20))
+        assert out["SOURCE_CLASSES"].dtype == np.uint8
+        np.testing.assert_array_equal(out["SOURCE_CLASSES"],
+                                      pipeline.class_map(planes.resample(out["PROBABILITIES"], (30, 41, 20), "trilinear")))
+        with pytest.raises(TritonError, match=r"SOURCE_CLASSES needs the request parameter source_shape.*INVALID_ARGUMENT"):
+            client.infer(image, ["SOURCE_CLASSES"])
+        with pytest.raises(TritonError, match=r"source_shape must be three positive integers.*INVALID_ARGUMENT"):
+            client.infer(image, ["SOURCE_CLASSES"], source_shape=(0, 5, 5))
+        huge = (4000, 4000, 4000)  # 64 G voxels: refused from the shape alone
+        with pytest.raises(TritonError, match=r"over max_source_voxels.*INVALID_ARGUMENT"):
+            client.infer(image, ["SOURCE_CLASSES"], source_shape=huge)
+        assert client.sends_source_classes((30, 41, 20)) and not client.sends_source_classes(huge)
+        assert client.health()["ready"]
 
 
 def test_a_server_that_is_down_is_a_clear_error():

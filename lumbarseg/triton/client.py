@@ -199,22 +199,32 @@ class TritonSegmenter:
         """The output names the served pipeline declares (REGION only since spine-region inference)."""
         return {o["name"] for o in self.config.get("output", [])}
 
-    def infer(self, image: np.ndarray, outputs: list[str], region: bool | None = None) -> dict[str, np.ndarray]:
+    def sends_source_classes(self, shape: tuple[int, int, int]) -> bool:
+        """Whether the pipeline resamples the fused classes to a canonical source grid of
+        ``shape`` itself (SOURCE_CLASSES, within its ``max_source_voxels``)."""
+        cap = self.config["parameters"].get("max_source_voxels")
+        return "SOURCE_CLASSES" in self.outputs and cap is not None and int(np.prod(shape)) <= int(cap["string_value"])
+
+    def infer(self, image: np.ndarray, outputs: list[str], region: bool | None = None,
+              source_shape: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
         """Run the pipeline model on a network input ``(3, X, Y, Z)`` (float32, at
         :attr:`spacing`) and return the named outputs. ``region``: turn the model's spine-region
         inference on or off for this request (request parameter ``spine_region``; default: as
-        the model's config says)."""
+        the model's config says); ``source_shape``: the grid of SOURCE_CLASSES."""
         self.config  # readiness and compatibility first, for a clear error
         import tritonclient.grpc as grpc
 
         tensor = grpc.InferInput("IMAGE", list(image.shape), "FP32")
         tensor.set_data_from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         requested = [grpc.InferRequestedOutput(name) for name in outputs]
+        parameters = {} if region is None else {"spine_region": bool(region)}
+        if source_shape is not None:
+            parameters["source_shape"] = ",".join(str(int(n)) for n in source_shape)
         for attempt in range(2):
             try:
                 result = self._call(f"inference on {self.model}", self._client.infer, self.model, [tensor],
                                     outputs=requested, client_timeout=self.timeout,
-                                    parameters=None if region is None else {"spine_region": bool(region)}, **self._admin)
+                                    parameters=parameters or None, **self._admin)
                 break
             except TritonError as err:
                 dead = DEAD_STUB.search(str(err))
@@ -224,25 +234,31 @@ class TritonSegmenter:
         return {name: np.array(result.as_numpy(name)) for name in outputs}  # writable copies (torch reads them)
 
     def predict(self, image: np.ndarray, with_planes: bool = True, region: bool | None = None, *,
-                plane_probabilities: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, Region | None]:
-        """Per plane (if ``with_planes``) its class map, or its probabilities when
-        ``plane_probabilities`` (or from a pipeline exported before ``<PLANE>_CLASSES``); the fused
-        probabilities; and the :class:`Region` the networks ran on (None from a pipeline without
-        the REGION output): what :func:`lumbarseg.pipeline.segment_series` takes."""
-        kind = "CLASSES" if not plane_probabilities and "SAGITTAL_CLASSES" in self.outputs else "PROBABILITIES"
+                probabilities: bool = False, source_shape: tuple[int, int, int] | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, Region | None]:
+        """What :func:`lumbarseg.pipeline.segment_series` takes from a backend: per plane (if
+        ``with_planes``) its class map; the fused classes on the canonical ``source_shape`` grid
+        (resampled by the pipeline) when given and within its limit; and the :class:`Region` the
+        networks ran on (None from a pipeline without the REGION output). With ``probabilities``,
+        or from a pipeline exported before these outputs, per plane and fused probabilities
+        instead of classes."""
+        source = source_shape is not None and not probabilities and self.sends_source_classes(source_shape)
+        fused = "SOURCE_CLASSES" if source else "PROBABILITIES"
+        kind = "CLASSES" if not probabilities and "SAGITTAL_CLASSES" in self.outputs else "PROBABILITIES"
         names = [f"{plane.upper()}_{kind}" for plane in planes.PLANES] if with_planes else []
         extra = ["REGION"] if "REGION" in self.outputs else []
-        out = self.infer(image, ["PROBABILITIES", *names, *extra], region)
+        out = self.infer(image, [fused, *names, *extra], region, source_shape if source else None)
         where = Region.from_code(out["REGION"], image.shape[1:]) if extra else None
-        return {plane: out[name] for plane, name in zip(planes.PLANES, names)}, out["PROBABILITIES"], where
+        return {plane: out[name] for plane, name in zip(planes.PLANES, names)}, out[fused], where
 
     def segment(self, series: Series, with_planes: bool = True, region: bool | None = None, *,
-                plane_probabilities: bool = False) -> Segmentation:
-        """As :meth:`lumbarseg.pipeline.Segmenter.segment`; ``with_planes=False`` skips the
-        per-plane outputs (no plane classes or disagreement); the planes send class maps, and
-        their probabilities (4 x 9 times the bytes) only when ``plane_probabilities`` (the
-        ``js_divergence`` disagreement reads them); ``region`` turns spine-region inference on
-        or off (default: the served config's ``spine_region`` setting). A study whose grid is
+                probabilities: bool = False) -> Segmentation:
+        """As :meth:`lumbarseg.pipeline.Segmenter.segment`, from class maps: each plane's, and
+        the fused classes already on the series' grid; ``with_planes=False`` skips the planes
+        (no plane classes or disagreement); ``probabilities`` fetches the per-plane and fused
+        probabilities instead (36 times the bytes; the ``js_divergence`` disagreement and
+        :attr:`Segmentation.probabilities` need them); ``region`` turns spine-region inference
+        on or off (default: the served config's ``spine_region`` setting). A study whose grid is
         over the server's :attr:`limits` is a :class:`StudyError` before anything is sent."""
         def predict(image: np.ndarray):
             max_voxels, max_extent = self.limits
@@ -252,7 +268,8 @@ class TritonSegmenter:
                                  f"the study's field of view at {self.spacing:g} mm is a {'x'.join(map(str, grid))} grid "
                                  f"({int(np.prod(grid)):,} voxels); the Triton server ({self.url}) takes at most "
                                  f"{max_voxels:,} voxels and {max_extent} per axis (its memory budget)")
-            return self.predict(image, with_planes, region, plane_probabilities=plane_probabilities)
+            return self.predict(image, with_planes, region, probabilities=probabilities,
+                                source_shape=planes.canonical_shape(series))
 
         return segment_series(series, self.spacing, predict)
 

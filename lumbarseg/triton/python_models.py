@@ -27,6 +27,9 @@ PROBABILITIES = "PROBABILITIES"
 CLASSES = "CLASSES"
 REGION = "REGION"  # spine_pipeline output: lumbarseg.pipeline.Region.code() of where the networks ran
 REGION_PARAMETER = "spine_region"  # config parameter (settings) and request parameter (true/false)
+# SOURCE_CLASSES: the fused classes on the grid of the request parameter source_shape ("I,J,K":
+# the study's own grid, canonically oriented), so the client need not fetch the probabilities.
+SOURCE_CLASSES, SOURCE_SHAPE = "SOURCE_CLASSES", "source_shape"
 # Environment override of each config's intra_op_threads (tests and shared machines).
 THREADS_ENV = "LUMBARSEG_ORT_THREADS"
 # Environment override of each config's cpu_mem_arena ("0" turns onnxruntime's memory arena off:
@@ -86,9 +89,9 @@ class _Failed(Exception):
 
 
 class SpinePipeline:
-    """IMAGE ``(3, X, Y, Z)`` -> fused PROBABILITIES ``(K, X, Y, Z)``, CLASSES ``(X, Y, Z)``, per
-    plane ``<PLANE>_CLASSES`` and ``<PLANE>_PROBABILITIES``, and REGION; only the requested
-    outputs are sent back."""
+    """IMAGE ``(3, X, Y, Z)`` -> fused PROBABILITIES ``(K, X, Y, Z)``, CLASSES ``(X, Y, Z)`` and
+    SOURCE_CLASSES (on the request's ``source_shape``), per plane ``<PLANE>_CLASSES`` and
+    ``<PLANE>_PROBABILITIES``, and REGION; only the requested outputs are sent back."""
 
     def initialize(self, args: dict) -> None:
         from lumbarseg import pipeline, planes  # torch and monai: loaded in this model's stub only
@@ -99,8 +102,10 @@ class SpinePipeline:
         self.batch = int(parameters["plane_batch_size"])
         self.max_voxels = int(parameters["max_voxels"])
         self.max_extent = int(parameters.get("max_extent", 0)) or None
+        self.max_source_voxels = int(parameters.get("max_source_voxels", 0))
         self.spacing = float(parameters["spacing_mm"])
         self.num_classes = next(int(o["dims"][0]) for o in config["output"] if o["name"] == PROBABILITIES)
+        self.outputs = {o["name"] for o in config["output"]}
         # Spine-region settings, written by `lumbarseg export` from the weights; a repository
         # exported before spine-region inference has none: whole volume, as it was then.
         setting = parameters.get(REGION_PARAMETER)
@@ -133,10 +138,15 @@ class SpinePipeline:
         image = tensor.as_numpy()
         if not np.isfinite(image).all():
             return _error("IMAGE holds NaN or infinite values", "INVALID_ARG")
+        wanted = set(request.requested_output_names())
         try:
             settings = self._settings(request)
+            # a request naming no output is asked for all: SOURCE_CLASSES then only with a source_shape
+            source_shape = self._source_shape(request, required=wanted != self.outputs) if SOURCE_CLASSES in wanted else None
         except ValueError as err:
             return _error(str(err), "INVALID_ARG")
+        if source_shape is None:
+            wanted.discard(SOURCE_CLASSES)
         pipeline = self.pipeline
         try:
             # Spine-region inference, as in process (lumbarseg.pipeline.Segmenter.predict): the
@@ -153,10 +163,10 @@ class SpinePipeline:
             del fusion_input  # 30 channels: the largest array, not needed for the outputs
         except _Failed as err:
             return _error(str(err), "UNAVAILABLE")
-        wanted = set(request.requested_output_names())
         if not any(name.startswith(plane.upper()) for name in wanted for plane in self.planes.PLANES):
             per_plane.clear()
-        outputs = {PROBABILITIES: lambda: fused, CLASSES: lambda: pipeline.class_map(fused), REGION: region.code}
+        outputs = {PROBABILITIES: lambda: fused, CLASSES: lambda: pipeline.class_map(fused), REGION: region.code,
+                   SOURCE_CLASSES: lambda: pipeline.class_map(self.planes.resample(fused, source_shape, "trilinear"))}
         for plane in self.planes.PLANES:  # a plane's class map is 1/36 of its probabilities' bytes
             outputs[f"{plane.upper()}_{PROBABILITIES}"] = lambda p=plane: pipeline.paste(per_plane[p], region)
             outputs[f"{plane.upper()}_{CLASSES}"] = lambda p=plane: pipeline.paste(pipeline.class_map(per_plane[p]),
@@ -174,6 +184,26 @@ class SpinePipeline:
         if not isinstance(value, bool):
             raise ValueError(f"request parameter {REGION_PARAMETER} must be a bool, got {value!r}")
         return dataclasses.replace(self.region, enabled=value)
+
+    def _source_shape(self, request, required: bool) -> tuple[int, int, int] | None:
+        """The request parameter ``source_shape`` ("I,J,K"; None when absent and not
+        ``required``), checked before anything is allocated: resampling holds the K class
+        probabilities on that grid (float32), so at most ``max_source_voxels`` voxels."""
+        value = json.loads(request.parameters() or "{}").get(SOURCE_SHAPE)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"{SOURCE_CLASSES} needs the request parameter {SOURCE_SHAPE} (\"I,J,K\"), got {value!r}")
+        try:
+            shape = tuple(int(n) for n in value.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"request parameter {SOURCE_SHAPE} must be three positive integers \"I,J,K\", got {value!r}")
+        if int(np.prod(shape, dtype=np.int64)) > self.max_source_voxels:
+            raise ValueError(f"{SOURCE_SHAPE} {value} is over max_source_voxels {self.max_source_voxels}; "
+                             f"request {PROBABILITIES} and resample in the client")
+        return shape
 
     async def _plane(self, image: np.ndarray, plane: str) -> np.ndarray:
         """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack sent in chunks, all at

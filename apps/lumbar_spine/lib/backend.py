@@ -58,15 +58,15 @@ class ServedModel:
                 self._local = (version, Segmenter.load(self.folder))
             return self._local[1]
 
-    def segment(self, series: Series, *, with_planes: bool = True, plane_probabilities: bool = False) -> Segmentation:
-        """``plane_probabilities``: Triton sends each plane's probabilities too, not only its
-        class map (in process they are always there)."""
+    def segment(self, series: Series, *, with_planes: bool = True, probabilities: bool = False) -> Segmentation:
+        """``probabilities``: Triton sends the per-plane and fused probabilities, not only
+        class maps (in process they are always there)."""
         if self.backend == "local":
             return self.segmenter().segment(series)
         from lumbarseg.triton.client import TritonSegmenter
 
         with TritonSegmenter(self.triton_url, timeout=self.timeout) as client:
-            return client.segment(series, with_planes=with_planes, plane_probabilities=plane_probabilities)
+            return client.segment(series, with_planes=with_planes, probabilities=probabilities)
 
     def publish(self, weights: Path, version: str) -> None:
         """Serve ``weights`` (a finished weights folder) as ``version`` from now on."""

@@ -21,5 +21,5 @@ class PlaneDisagreement(PerStudyScore):
 
     def score(self, series: Series) -> float | None:
         definition = self.settings["definition"]
-        segmentation = self.model.segment(series, plane_probabilities=disagreement.reads_probabilities(definition))
+        segmentation = self.model.segment(series, probabilities=disagreement.reads_probabilities(definition))
         return disagreement.score(segmentation, definition)
