@@ -57,13 +57,6 @@ def one_thread_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "LUMBARSEG_ORT_THREADS": "1", "LUMBARSEG_TRITON_KEY": KEY}
 
 
-def all_cores_env() -> dict[str, str]:
-    """As the repository's CPU config on a machine its threads fill: onnxruntime on every core,
-    so the pipeline runs the three planes one after another (the scaled test below, at one
-    thread, runs them side by side)."""
-    return {**one_thread_env(), "LUMBARSEG_ORT_THREADS": str(os.cpu_count() or 1)}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def admin_key():
     """The servers and clients of this module share one admin key, from the environment."""
@@ -121,7 +114,7 @@ def served(exported, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "triton.log"
     process = subprocess.Popen([LUMBARSEG, "triton", "serve", "--cpu", "--repository", str(repository),
                                 "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log", str(log)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=all_cores_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=one_thread_env())
     seen = []
     for line in process.stdout:  # the launcher says "Triton ready" once every model is (or exits)
         seen.append(line)
@@ -305,7 +298,6 @@ def test_scaled_cpu_configs_serve_concurrent_studies_and_later_versions(exported
             assert config["instance_group"][0]["count"] == 2, model
             if model in NETWORK_MODELS:
                 assert config["parameters"]["intra_op_threads"]["string_value"] == "1", model
-        assert admin.get_model_config("spine_pipeline")["parameters"]["plane_threads"]["string_value"] == "1"
         with ThreadPoolExecutor(2) as pool:
             for remote in pool.map(lambda _: client.segment(study), range(2)):
                 assert (remote.classes == local.classes).mean() >= PARITY

@@ -106,9 +106,6 @@ class SpinePipeline:
         self.spacing = float(parameters["spacing_mm"])
         self.num_classes = next(int(o["dims"][0]) for o in config["output"] if o["name"] == PROBABILITIES)
         self.outputs = {o["name"] for o in config["output"]}
-        # The three planes side by side (GPU; a CPU with cores to spare) or one after another.
-        plane_threads = int(os.environ.get(THREADS_ENV) or parameters.get("plane_threads", 0))
-        self.parallel_planes = not plane_threads or plane_threads < (os.cpu_count() or 1)
         # Spine-region settings, written by `lumbarseg export` from the weights; a repository
         # exported before spine-region inference has none: whole volume, as it was then.
         setting = parameters.get(REGION_PARAMETER)
@@ -159,10 +156,7 @@ class SpinePipeline:
                 first = await self._plane(pipeline.first_pass_input(image, self.spacing, settings), "sagittal")
                 region = pipeline.locate(first, image.shape[1:], self.spacing, settings)
             box = pipeline.crop(image, region)
-            if self.parallel_planes:
-                stacks = await asyncio.gather(*(self._plane(box, plane) for plane in self.planes.PLANES))
-            else:
-                stacks = [await self._plane(box, plane) for plane in self.planes.PLANES]
+            stacks = await asyncio.gather(*(self._plane(box, plane) for plane in self.planes.PLANES))
             per_plane = dict(zip(self.planes.PLANES, stacks))
             fusion_input = pipeline.region_fusion_input(per_plane, region, self.num_classes, spacing=self.spacing)[None]
             fused = pipeline.paste((await self._infer("fusion", "FUSION_INPUT", fusion_input))[0], region)

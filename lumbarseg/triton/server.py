@@ -133,8 +133,8 @@ def scaled_config_name(config_name: str, instances: int, threads: int) -> str:
 
 def scaled_configs(repository: Path, config_name: str, *, instances: int, threads: int) -> str:
     """Write, beside every model's ``configs/<config_name>.pbtxt``, a copy with ``instances``
-    CPU instances and ``threads`` onnxruntime threads per instance (``intra_op_threads``, and
-    the pipeline's ``plane_threads``), named ``<config_name>_<instances>x<threads>``;
+    CPU instances and ``threads`` onnxruntime threads per instance (``intra_op_threads``;
+    ignored by a model that runs no network), named ``<config_name>_<instances>x<threads>``;
     return that name (:attr:`TritonServer.model_config_name`). Generated beside the original
     rather than in a copy of the repository so that versions exported later (a retrained model)
     are seen."""
@@ -149,9 +149,8 @@ def scaled_configs(repository: Path, config_name: str, *, instances: int, thread
                                source.read_text())
         if groups != 1:
             raise TritonError(f"{source}: expected one KIND_CPU instance_group to scale, found {groups}")
-        for parameter in ("intra_op_threads", "plane_threads"):  # a network's, the pipeline's
-            if f'key: "{parameter}"' in text:
-                text = set_config_parameter(text, parameter, str(threads))
+        if 'key: "intra_op_threads"' in text:
+            text = set_config_parameter(text, "intra_op_threads", str(threads))
         target = source.with_name(f"{name}.pbtxt")
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
