@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lumbarseg import cli, findings, phantom, tissues
+from lumbarseg import cli, findings, measure, phantom, tissues
 from lumbarseg.analysis import analyse
 from lumbarseg.datasets import tissue_target
 from lumbarseg.io.study import Series, Study
@@ -105,3 +106,23 @@ def test_the_per_level_table_marks_what_the_report_doubts():
     assert "no (low confidence)" in rows["L4-L5"] and "disagree" in rows["L4-L5"]
     assert "low confidence" not in rows["L3-L4"] and "disagree" not in rows["L3-L4"]
     assert "no disc found" in rows["L2-L3"]
+
+
+def test_the_hernia_class_sweep_re_decides_discs_from_their_evidence():
+    """scripts/tune_hernia_class.py: every setting decides each disc as herniation_decision
+    would (a disc failing the hernia-class rule falls through to the corner line)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tune_hernia_class.py"
+    spec = importlib.util.spec_from_file_location("tune_hernia_class", script)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    big = {"hernia_class_mm3": 200.0, "hernia_class_reach_mm": 6.0}
+    small = {"hernia_class_mm3": 30.0, "hernia_class_reach_mm": 4.0}
+    line = {"hernia_class_mm3": 0.0, "corner_line_profile": [[x, 5.0 if x == 0 else 0.5] for x in range(-4, 5)]}
+    rows = {"model": [(True, big), (False, small), (True, line), (True, None)]}  # None: no level matched
+    results = {(r["hernia_class_mm3"], r["hernia_class_reach_mm"]): r["model"]
+               for r in tune.sweep(rows, measure.load_config().herniation)}
+    assert (results[(20.0, 3.5)]["tp"], results[(20.0, 3.5)]["fp"]) == (2, 1)  # the small one called too
+    assert (results[(40.0, 3.5)]["tp"], results[(40.0, 3.5)]["fp"]) == (2, 0)
+    assert (results[(200.0, 7.0)]["tp"], results[(200.0, 7.0)]["fn"]) == (1, 2)  # the corner line's disc stays
