@@ -98,18 +98,25 @@ def score_levels(report: dict, study: Study) -> dict:
     return {"correct": correct, "total": total, "errors": errors}
 
 
-def score_phantom(report: dict, study: Study, truth: dict) -> dict:
-    """Herniation, top point and stenosis against a phantom's truth JSON."""
+def matched_discs(report: dict, study: Study, truth: dict):
+    """Each disc of a phantom's truth JSON inside the study's field of view, with the report
+    level nearest its centre (None when no level is within the match distance)."""
     series = study.primary
-    centres = [np.array(lv["centre_mm"]) for lv in report["levels"]]
-    discs, slices, tops, stenosis = [], [], [], []
+    levels = report.get("levels") or []
+    centres = [np.array(lv["centre_mm"]) for lv in levels]
     for d in truth["discs"]:
         centre = np.array(d["center_mm"])
         ijk = np.rint(series.voxel(centre)).astype(int)
         if np.any(ijk < 0) or np.any(ijk >= np.array(series.shape)):
             continue  # outside the field of view
         match = _nearest(centres, centre)
-        level = report["levels"][match] if match is not None else None
+        yield d, levels[match] if match is not None else None
+
+
+def score_phantom(report: dict, study: Study, truth: dict) -> dict:
+    """Herniation, top point and stenosis against a phantom's truth JSON."""
+    discs, slices, tops, stenosis = [], [], [], []
+    for d, level in matched_discs(report, study, truth):
         hernia = d["hernia"]
         found = level["herniation"] if level else {"present": False}
         discs.append({"level": d["level"], "truth": hernia["present"], "predicted": found["present"],

@@ -397,7 +397,7 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     shape = planes.canonical_shape(series)
     image = planes.model_input(series, spacing)
     per_plane, fused, *where = predict(image)
-    fused_classes = fused if fused.ndim == 3 else class_map(planes.resample(fused, shape, "trilinear"))
+    fused_classes = fused if fused.ndim == 3 else source_classes(fused, shape)
     if fused_classes.shape != shape:
         raise ValueError(f"the backend sent fused classes of shape {fused_classes.shape} for a series whose "
                          f"canonical grid is {shape}")
@@ -410,6 +410,13 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     return Segmentation(planes.from_canonical(fused_classes, series), plane_classes,
                         {p: v for p, v in per_plane.items() if v.ndim == 4}, None if fused.ndim == 3 else fused,
                         fused_planes=tuple(p for p in per_plane if p not in silent), region=where[0] if where else None)
+
+
+def source_classes(fused: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Fused probabilities ``(K, X, Y, Z)`` -> classes on a canonical source grid of ``shape``:
+    resampled trilinear, then the argmax (in process, and the Triton pipeline's
+    ``SOURCE_CLASSES``)."""
+    return class_map(planes.resample(fused, shape, "trilinear"))
 
 
 def class_map(probabilities: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lumbarseg import measure  # noqa: E402
-from lumbarseg.findings import _nearest, detection  # noqa: E402
+from lumbarseg.findings import detection, matched_discs  # noqa: E402
 from lumbarseg.io import manifest  # noqa: E402
 
 VOLUME_MM3 = [float(x) for x in range(20, 201, 10)]
@@ -49,16 +49,8 @@ def discs(data: Path, reports: Path) -> list[tuple[bool, dict]]:
     for entry in manifest.read_manifest(data):
         report = json.loads((reports / f"{entry.set}_{entry.subject}.json").read_text())
         truth = json.loads((data / f"{entry.subject}_truth.json").read_text())
-        series = manifest.load_entry(entry).primary
-        levels = report.get("levels") or []
-        centres = [np.array(lv["centre_mm"]) for lv in levels]
-        for d in truth["discs"]:
-            ijk = np.rint(series.voxel(np.array(d["center_mm"]))).astype(int)
-            if np.any(ijk < 0) or np.any(ijk >= np.array(series.shape)):
-                continue
-            match = _nearest(centres, np.array(d["center_mm"]))
-            evidence = levels[match]["herniation"].get("evidence", {}) if match is not None else None
-            out.append((bool(d["hernia"]["present"]), evidence))
+        for d, level in matched_discs(report, manifest.load_entry(entry), truth):
+            out.append((bool(d["hernia"]["present"]), None if level is None else level["herniation"].get("evidence", {})))
     return out
 
 

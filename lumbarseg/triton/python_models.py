@@ -166,7 +166,7 @@ class SpinePipeline:
         if not any(name.startswith(plane.upper()) for name in wanted for plane in self.planes.PLANES):
             per_plane.clear()
         outputs = {PROBABILITIES: lambda: fused, CLASSES: lambda: pipeline.class_map(fused), REGION: region.code,
-                   SOURCE_CLASSES: lambda: pipeline.class_map(self.planes.resample(fused, source_shape, "trilinear"))}
+                   SOURCE_CLASSES: lambda: pipeline.source_classes(fused, source_shape)}
         for plane in self.planes.PLANES:  # a plane's class map is 1/36 of its probabilities' bytes
             outputs[f"{plane.upper()}_{PROBABILITIES}"] = lambda p=plane: pipeline.paste(per_plane[p], region)
             outputs[f"{plane.upper()}_{CLASSES}"] = lambda p=plane: pipeline.paste(pipeline.class_map(per_plane[p]),
