@@ -26,7 +26,7 @@ from torch.utils.data import default_collate
 
 from lumbarseg import pipeline, planes, tissues
 from lumbarseg.losses import PartialDiceCELoss
-from lumbarseg.training import SliceDataset, TrainingPreset, _by_set, collect_volumes, network, validation_dice
+from lumbarseg.training import SliceDataset, TrainingPreset, collect_volumes, network, validation_dice, volumes_by_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import triton_bench as tb  # noqa: E402
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     preset = TrainingPreset.load(args.preset)
     volumes = collect_volumes(args.data, preset, args.cache)
-    checks = [v for vs in _by_set(volumes["fusion"]).values() for v in vs[:2]]
+    checks = [v for vs in volumes_by_set(volumes["fusion"]).values() for v in vs[:2]]
     plain = dataclasses.replace(preset, augment_probability=0.0)
     rows = []
     for plane in planes.PLANES:

@@ -54,6 +54,11 @@ class TrainingVolume:
         return self.target.shape  # type: ignore[return-value]
 
     @cached_property
+    def repeated_slots(self) -> tuple[int, ...]:
+        """Input slots repeating slot 0 (:func:`lumbarseg.planes.repeated_slots`), for 2.5D input."""
+        return planes.repeated_slots(self.image)
+
+    @cached_property
     def class_voxels(self) -> dict[int, np.ndarray]:
         """Per tissue class labelled in this volume (background aside), its voxels' ``(N, 3)`` indices."""
         present = [k for k in np.unique(self.target) if 0 < k < tissues.NUM_TISSUES]
@@ -206,9 +211,17 @@ def decode_allowed(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.moveaxis(table[codes], -1, 0)
 
 
-def plane_slice(volume: TrainingVolume, plane: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slice ``index`` of a volume along ``plane``: image ``(3, H, W)`` and allowed ``(K, H, W)``."""
-    image = planes.slice_stack(volume.image, plane)[index]
+def plane_slice(volume: TrainingVolume, plane: str, index: int, *, context: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Slice ``index`` of a volume along ``plane``: image ``(3, H, W)`` and allowed ``(K, H, W)``;
+    ``context``: 2.5D input (:func:`lumbarseg.planes.slice_context`)."""
+    if context and volume.repeated_slots:
+        # the slice and its neighbours only, not the whole volume, per drawn slice
+        lo = max(0, index - 1)
+        slab = np.take(volume.image, range(lo, min(volume.shape[planes.NORMAL_AXIS[plane]], index + 2)),
+                       axis=1 + planes.NORMAL_AXIS[plane])
+        image = planes.slice_stack(planes.slice_context(slab, plane, volume.repeated_slots), plane)[index - lo]
+    else:
+        image = planes.slice_stack(volume.image, plane)[index]
     target, region = (planes.slice_stack(v[None], plane)[index, 0] for v in (volume.target, volume.region))
     # Canonical z (inferior->superior) is the slice index of an axial slice, and the last
     # in-plane axis (W) of sagittal and coronal slices.

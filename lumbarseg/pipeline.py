@@ -101,6 +101,8 @@ class ModelInfo:
     tissues: tuple[str, ...]  # the networks' output classes, in order
     fusion: FusionShape = FusionShape()
     region: RegionSettings = RegionSettings()  # spine-region inference
+    # 2.5D input: a study's repeated input slots carry the neighbouring slices (planes.slice_context)
+    slice_context: bool = False
     version: str = "shipped"  # the MONAI Label app's serving version: set when it publishes a retrained model
     record: dict = other_keys()  # every other key of model.json
 
@@ -116,10 +118,14 @@ class ModelInfo:
 
 
 @torch.no_grad()
-def predict_plane(model: nn.Module, image: np.ndarray, plane: str, batch_size: int = 16) -> np.ndarray:
+def predict_plane(model: nn.Module, image: np.ndarray, plane: str, batch_size: int = 16, *,
+                  context: bool = False) -> np.ndarray:
     """Class probabilities ``(K, X, Y, Z)`` of one plane network over a canonical ``(3, X, Y, Z)``
-    volume, slice by slice along the plane's normal."""
+    volume, slice by slice along the plane's normal; ``context``: the network takes 2.5D input
+    (:func:`lumbarseg.planes.slice_context`)."""
     model.eval()
+    if context:
+        image = planes.slice_context(image, plane)
     stack = torch.from_numpy(np.ascontiguousarray(planes.slice_stack(image, plane)))
     layout = torch.channels_last if _channels_last(model) else torch.contiguous_format
     out = [model(stack[i : i + batch_size].contiguous(memory_format=layout)).softmax(dim=1)
@@ -345,7 +351,8 @@ class Segmenter:
         return cls({plane: ready(m) for plane, m in models.items()}, fusion.eval(), info.spacing_mm, info)
 
     def plane_probabilities(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        return {plane: predict_plane(model, image, plane) for plane, model in self.plane_models.items()}
+        return {plane: predict_plane(model, image, plane, context=self.info.slice_context)
+                for plane, model in self.plane_models.items()}
 
     def settings(self, region: "bool | RegionSettings | None" = None) -> RegionSettings:
         """The region settings: :attr:`region`, turned on or off by a bool ``region``, or
@@ -359,6 +366,9 @@ class Segmenter:
         settings = self.settings(region)
         if not settings.enabled:
             return Region.whole(image.shape[1:], OFF)
+        # 2.5D context before the first pass thins the slices: its neighbours are the model grid's
+        if self.info.slice_context:
+            image = planes.slice_context(image, "sagittal")
         first = predict_plane(self.plane_models["sagittal"], first_pass_input(image, self.spacing, settings), "sagittal")
         return locate(first, image.shape[1:], self.spacing, settings)
 

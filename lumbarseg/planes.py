@@ -79,6 +79,28 @@ def slice_stack(volume: Array, plane: str) -> Array:
     return volume.movedim(axis, 0) if isinstance(volume, torch.Tensor) else np.moveaxis(volume, axis, 0)
 
 
+def repeated_slots(volume: np.ndarray) -> tuple[int, ...]:
+    """The input slots of a network input ``(3, X, Y, Z)`` that repeat slot 0: those
+    :func:`lumbarseg.modalities.select_channels` filled for a study with fewer than three contrasts."""
+    return tuple(k for k in range(1, len(volume)) if np.array_equal(volume[k], volume[0]))
+
+
+def slice_context(volume: np.ndarray, plane: str, slots: tuple[int, ...] | None = None) -> np.ndarray:
+    """2.5D input: a network input ``(3, X, Y, Z)`` whose repeated slots (``slots``, default
+    :func:`repeated_slots`) carry slot 0 one voxel before, then one after, along ``plane``'s
+    normal (edges repeated), so that a plane network sees its neighbouring slices where a study
+    has no third contrast. A study with three contrasts is returned as it is."""
+    slots = repeated_slots(volume) if slots is None else slots
+    if not slots:
+        return volume
+    out = volume.copy()
+    axis = NORMAL_AXIS[plane]
+    n = volume.shape[1 + axis]
+    for k, shift in zip(slots, (-1, 1)):
+        out[k] = np.take(volume[0], np.clip(np.arange(n) + shift, 0, n - 1), axis=axis)
+    return out
+
+
 def restack(slices: Array, plane: str) -> Array:
     """``(N, K, H, W)`` per-slice outputs -> ``(K, X, Y, Z)`` on the canonical grid."""
     axis = 1 + NORMAL_AXIS[plane]

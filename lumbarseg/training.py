@@ -104,6 +104,9 @@ class TrainingPreset:
     # Cross-entropy weight of pixels surely of a class (default 1): tissues only phantoms label
     # (sacrum, spinous process: marrow like the bodies; hernia: tiny) are otherwise never learnt.
     class_weights: dict[str, float] = field(default_factory=dict)
+    # 2.5D input (lumbarseg.planes.slice_context): a study's input slots that repeat its one
+    # contrast carry the neighbouring slices; written to the weights folder's model.json.
+    slice_context: bool = False
 
     def class_weight_tensor(self, network: str = "planes") -> torch.Tensor | None:
         """Cross-entropy weights per tissue class for the plane networks or the ``fusion``."""
@@ -206,7 +209,8 @@ def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
     return out
 
 
-def _by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[datasets.TrainingVolume]]:
+def volumes_by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[datasets.TrainingVolume]]:
+    """Volumes grouped by their set (the first part of the key), in order."""
     groups: dict[str, list[datasets.TrainingVolume]] = {}
     for v in volumes:
         groups.setdefault(v.key.split("/")[0], []).append(v)
@@ -291,7 +295,7 @@ class SliceDataset(Dataset):
             index = int(rng.choice(labelled))
         else:
             index = int(rng.integers(volume.shape[axis]))
-        image, allowed = datasets.plane_slice(volume, self.plane, index)
+        image, allowed = datasets.plane_slice(volume, self.plane, index, context=self.preset.slice_context)
         codes, table = datasets.encode_allowed(allowed)
         size = self.preset.input_size
         (src_h, dst_h), (src_w, dst_w) = (_window(n, size, rng, k) for n, k in zip(codes.shape, keep))
@@ -384,10 +388,11 @@ def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], p
         return DataLoader(SliceDataset(volumes["train"], plane, preset, epoch), batch_size=preset.batch_size)
 
     # Two studies per set keep the per-epoch check cheap; the fusion group, never the holdout.
-    checks = [v for vs in _by_set(volumes["fusion"]).values() for v in vs[:2]]
+    checks = [v for vs in volumes_by_set(volumes["fusion"]).values() for v in vs[:2]]
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
-        return validation_dice(lambda v: pipeline.predict_plane(m, v.image, plane).argmax(0), checks)
+        return validation_dice(lambda v: pipeline.predict_plane(m, v.image, plane, context=preset.slice_context)
+                               .argmax(0), checks)
 
     history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
                           validate, out / "checkpoints" / f"{plane}.ckpt", preset.class_weight_tensor())
@@ -419,12 +424,12 @@ class PatchDataset(Dataset):
 
 
 def fusion_inputs(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
-                  spacing: float) -> list[np.ndarray]:
+                  spacing: float, *, context: bool = False) -> list[np.ndarray]:
     """Per volume (on a ``spacing`` mm grid), the fusion's input (float16) from the plane
-    networks' predictions of it."""
+    networks' predictions of it (``context``: 2.5D input)."""
     inputs = []
     for volume in tqdm(volumes, desc="out-of-fold plane predictions", unit="study"):
-        probs = {p: pipeline.predict_plane(m, volume.image, p) for p, m in plane_models.items()}
+        probs = {p: pipeline.predict_plane(m, volume.image, p, context=context) for p, m in plane_models.items()}
         inputs.append(planes.fusion_input(probs, volume.shape, tissues.NUM_TISSUES, spacing=spacing).astype(np.float16))
     return inputs
 
@@ -436,7 +441,8 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[dataset
     if not volumes:
         raise StudyError(out, "no fusion-group studies: the fusion learns on out-of-fold predictions, so it needs "
                               "subjects the plane networks do not train on")
-    return fit_fusion(fusion_inputs(plane_models, volumes, preset.spacing_mm), volumes, preset, out / "checkpoints" / "fusion.ckpt", init)
+    inputs = fusion_inputs(plane_models, volumes, preset.spacing_mm, context=preset.slice_context)
+    return fit_fusion(inputs, volumes, preset, out / "checkpoints" / "fusion.ckpt", init)
 
 
 def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset,
@@ -496,12 +502,16 @@ def train(preset: TrainingPreset, data_dirs: list[Path], out: Path, *, init: Pat
         raise StudyError(out, f"cannot train {sorted(unknown) or 'nothing'}; networks are {(*planes.PLANES, 'fusion')}")
     if init is None and set(networks) != {*planes.PLANES, "fusion"}:
         raise StudyError(out, "training only some networks needs a weights folder (init) for the others")
+    kept = set(planes.PLANES) - set(networks)
+    if kept and pipeline.ModelInfo.load(init).slice_context != preset.slice_context:
+        raise StudyError(out, f"preset slice_context={preset.slice_context} but the {', '.join(sorted(kept))} "
+                              f"network(s) kept from {init} take slice_context={not preset.slice_context} input")
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     began = time.perf_counter()
     volumes = collect_volumes(data_dirs, preset, out / "cache", split)
     log.info("training on %d volumes, fusion on %d (sets: %s)", len(volumes["train"]), len(volumes["fusion"]),
-             ", ".join(f"{s}={len(v)}" for s, v in _by_set(volumes["train"]).items()))
+             ", ".join(f"{s}={len(v)}" for s, v in volumes_by_set(volumes["train"]).items()))
     histories = {}
     plane_models = {}
     for plane in planes.PLANES:
@@ -515,7 +525,8 @@ def train(preset: TrainingPreset, data_dirs: list[Path], out: Path, *, init: Pat
         fusion = network("fusion", preset, init)
     minutes = (time.perf_counter() - began) / 60
     info = {
-        "preset": preset.model, "spacing_mm": preset.spacing_mm, "training": asdict(preset),
+        "preset": preset.model, "spacing_mm": preset.spacing_mm, "slice_context": preset.slice_context,
+        "training": asdict(preset),
         "data": [str(d) for d in data_dirs], "split": str(SPLIT.relative_to(REPO)) if split is None else split,
         "initial_weights": None if init is None else str(init),
         "history": histories, "wall_minutes_this_run": round(minutes, 1),

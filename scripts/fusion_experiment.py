@@ -72,7 +72,8 @@ def run(weights: Path, data: list[Path], preset: TrainingPreset, cache: Path, n_
     if not volumes:
         raise StudyError(", ".join(map(str, data)), "no fusion-group studies")
     segmenter = Segmenter.load(weights)
-    inputs = fusion_inputs(segmenter.plane_models, volumes, segmenter.spacing)
+    inputs = fusion_inputs(segmenter.plane_models, volumes, segmenter.spacing,
+                           context=segmenter.info.slice_context)
     fold = folds_by_set(volumes, n_folds)
     predictions: dict[str, dict[str, np.ndarray]] = {name: {} for name in (*segmenter.plane_models, *VARIANTS)}
     untrained = network("fusion", preset, None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumbarseg import datasets, tissues
+from lumbarseg import datasets, planes, tissues
 from lumbarseg.io import manifest
 from lumbarseg.losses import PartialDiceCELoss, known_dice_loss, marginal_cross_entropy
 
@@ -194,3 +194,17 @@ def test_spider_volume_prepares_with_canal_and_vertebra_targets(shared_data):
     values = set(np.unique(volume.target).tolist())
     assert {0, DISC, tissues.TISSUE_NAMES.index("dural_sac"), tissues.PARTIAL_CODES["vertebra"]} <= values
     assert volume.extent[VB][0] <= volume.extent[VB][1]
+
+
+@pytest.mark.parametrize("plane", planes.PLANES)
+def test_a_training_slice_with_context_is_the_slice_of_the_2_5d_volume(plane):
+    """Training draws a 2.5D slice from its neighbours alone; it must equal the slice inference
+    cuts from the whole volume (lumbarseg.planes.slice_context), edges included."""
+    t2 = np.random.default_rng(1).random((1, 4, 5, 6)).astype(np.float32)
+    image = np.concatenate([t2, t2, t2])
+    volume = datasets.TrainingVolume("set/s", image, np.zeros(image.shape[1:], np.uint8), np.zeros((9, 2), int), 1.5)
+    whole = planes.slice_stack(planes.slice_context(image, plane), plane)
+    for index in range(len(whole)):
+        np.testing.assert_array_equal(datasets.plane_slice(volume, plane, index, context=True)[0], whole[index])
+        np.testing.assert_array_equal(datasets.plane_slice(volume, plane, index)[0],
+                                      planes.slice_stack(image, plane)[index])

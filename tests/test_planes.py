@@ -94,3 +94,51 @@ def test_network_input_picks_slots_and_normalises():
     # slot 0 is the fluid-bright contrast (t2w, stored second), slot 2 repeats it
     np.testing.assert_array_equal(x[0], x[2])
     assert not np.array_equal(x[0], x[1])
+
+
+@pytest.mark.parametrize("plane", planes.PLANES)
+def test_slice_context_puts_the_neighbouring_slices_in_the_repeated_slots(plane):
+    """2.5D input: a one-contrast study's slots 1 and 2 become slot 0 of the slice before and
+    after (edges repeated); a study with three contrasts is left as it is."""
+    t2 = np.random.default_rng(0).random((1, 5, 6, 7)).astype(np.float32)
+    one_contrast = np.concatenate([t2, t2, t2])
+    assert planes.repeated_slots(one_contrast) == (1, 2)
+    stack = planes.slice_stack(planes.slice_context(one_contrast, plane), plane)
+    t2_slices = planes.slice_stack(t2, plane)[:, 0]
+    n = len(stack)
+    np.testing.assert_array_equal(stack[:, 0], t2_slices)
+    np.testing.assert_array_equal(stack[:, 1], t2_slices[np.maximum(np.arange(n) - 1, 0)])
+    np.testing.assert_array_equal(stack[:, 2], t2_slices[np.minimum(np.arange(n) + 1, n - 1)])
+    two_contrasts = np.concatenate([t2, 2 * t2, t2])  # slot 2 repeats slot 0: it takes the slice before
+    assert planes.repeated_slots(two_contrasts) == (2,)
+    stack = planes.slice_stack(planes.slice_context(two_contrasts, plane), plane)
+    np.testing.assert_array_equal(stack[:, 1], 2 * t2_slices)
+    np.testing.assert_array_equal(stack[1:, 2], t2_slices[:-1])
+    three = np.concatenate([t2, 2 * t2, 3 * t2])
+    assert planes.repeated_slots(three) == () and planes.slice_context(three, plane) is three
+
+
+class _SlotOne(torch.nn.Module):
+    """A plane network stand-in: class 1 where input slot 1 is bright."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 2, *x.shape[2:])
+        logits[:, 1] = 20.0 * (x[:, 1] - 0.5)
+        return logits
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_a_2_5d_model_gets_its_neighbouring_slices_in_and_out_of_process(context):
+    """A weights folder's ``slice_context`` reaches the plane networks of a Segmenter: on a
+    one-contrast study with one bright sagittal slice, a network reading slot 1 finds it one
+    slice later (slot 1 holds the slice before) with context, in place without."""
+    from lumbarseg import pipeline
+    from lumbarseg.networks.fusion import fusion_net
+
+    image = np.zeros((3, 12, 10, 8), np.float32)
+    image[:, 5] = 1.0
+    info = pipeline.ModelInfo(preset="lite", spacing_mm=3.0, tissues=("background", "disc"), slice_context=context)
+    segmenter = pipeline.Segmenter({p: _SlotOne() for p in planes.PLANES}, fusion_net(num_classes=2), 3.0, info)
+    found = segmenter.plane_probabilities(image)["sagittal"].argmax(0)
+    bright = 6 if context else 5
+    assert found[bright].all() and found.sum() == found[bright].size

@@ -89,6 +89,45 @@ def test_the_cli_trains_only_the_networks_named_and_copies_the_others(trained, p
     assert not all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_2_5d_preset_trains_2_5d_networks_and_never_mixes_them_with_2d_ones(trained, phantom_data, tmp_path):
+    """``slice_context`` in a preset (a JSON file here) reaches model.json, so the networks are
+    served with the input they were trained on; keeping 2D planes beside a 2.5D preset is refused."""
+    _, model = trained
+    assert Segmenter.load(model).info.slice_context is False
+    preset = json.loads((REPO / "configs" / "training" / "smoke.json").read_text()) | {"slice_context": True}
+    (tmp_path / "smoke_2_5d.json").write_text(json.dumps(preset))
+    args = ["train", "--data", str(phantom_data), "--preset", str(tmp_path / "smoke_2_5d.json"), "--init", str(model)]
+    with pytest.raises(StudyError, match="slice_context"):
+        train(TrainingPreset.load(tmp_path / "smoke_2_5d.json"), [phantom_data], tmp_path / "mixed", init=model,
+              networks=("sagittal",))
+    assert cli.main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert Segmenter.load(tmp_path / "run" / "model").info.slice_context is True
+
+
+def test_the_plane_experiment_scores_each_arm_per_set_on_the_fusion_group(trained, phantom_data, tmp_path):
+    """scripts/plane_experiment.py: arms train the plane as ``lumbarseg train`` does (a second
+    run resumes from the arm's checkpoint and scores the same) and are scored on fusion studies."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plane_experiment", REPO / "scripts" / "plane_experiment.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    _, model = trained
+    preset = json.loads((REPO / "configs" / "training" / "smoke.json").read_text()) | {"slice_context": True}
+    (tmp_path / "smoke_2_5d.json").write_text(json.dumps(preset))
+    args = ["--weights", str(model), "--data", str(phantom_data), "--presets", "smoke", str(tmp_path / "smoke_2_5d.json"),
+            "--plane", "axial", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.json")]
+    assert experiment.main(args) == 0
+    first = json.loads((tmp_path / "out.json").read_text())
+    assert set(first["arms"]) == {"start", "smoke", "smoke_2_5d"} and first["fusion_group"] == 1
+    assert set(first["arms"]["smoke"]["dice"]) == {"phantom"} and len(first["arms"]["smoke"]["history"]) == 2
+    assert first["arms"]["smoke"]["dice"] != first["arms"]["start"]["dice"]  # trained, not the start
+    assert experiment.main(args) == 0
+    again = json.loads((tmp_path / "out.json").read_text())
+    assert {n: a["dice"] for n, a in again["arms"].items()} == {n: a["dice"] for n, a in first["arms"].items()}
+    assert experiment.main([*args[:-2], "--out", str(tmp_path / "x.json"), "--presets", "nonexistent"]) == 2
+
+
 def test_the_fusion_weighs_classes_by_its_own_class_weights_when_given():
     preset = TrainingPreset.load("smoke")
     hernia = tissues.TISSUE_NAMES.index("hernia")

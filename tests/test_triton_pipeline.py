@@ -89,8 +89,9 @@ def weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     k = tissues.NUM_TISSUES
+    # 2.5D input (planes.slice_context) on a one-contrast study: the server cuts the same slices
     pipeline.save_model(folder, {p: plane_net(preset="lite", num_classes=k) for p in planes.PLANES},
-                        fusion_net(num_classes=k), {"preset": "lite", "spacing_mm": SPACING})
+                        fusion_net(num_classes=k), {"preset": "lite", "spacing_mm": SPACING, "slice_context": True})
     return folder
 
 
@@ -133,7 +134,7 @@ def served(exported, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study():
-    return phantom.generate(5).primary
+    return phantom.generate(5, modalities=("t2w",)).primary
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,8 @@ def test_export_checks_every_network_against_pytorch(exported):
     for model in NETWORK_MODELS:
         assert (repository / model / "1" / "model.onnx").stat().st_size > 10_000
     for config in ("config.pbtxt", "configs/cpu.pbtxt"):
-        assert read_config(repository / "spine_pipeline" / config).parameters["spacing_mm"].string_value == "3"
+        parameters = read_config(repository / "spine_pipeline" / config).parameters
+        assert parameters["spacing_mm"].string_value == "3" and parameters["slice_context"].string_value == "true"
 
 
 def test_triton_pipeline_matches_in_process_inference(served, study, local):

@@ -213,8 +213,8 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
     """Export ``weights`` (a :class:`lumbarseg.pipeline.Segmenter` folder) into ``repository``.
 
     Missing configs and model.py files are copied from the committed template; the pipeline's
-    ``spacing_mm``, ``tissues`` and ``spine_region`` (:class:`lumbarseg.pipeline.RegionSettings`)
-    parameters are set from the weights. Each ``model.onnx`` is
+    ``spacing_mm``, ``tissues``, ``spine_region`` (:class:`lumbarseg.pipeline.RegionSettings`)
+    and ``slice_context`` (2.5D input) parameters are set from the weights. Each ``model.onnx`` is
     written to a temporary file, checked, then moved into place (a failed export leaves the
     previous model intact).
     """
@@ -251,6 +251,7 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
         _set_parameter(path, "spacing_mm", f"{segmenter.spacing:g}")
         _set_parameter(path, "tissues", ",".join(segmenter.info.tissues))
         _set_parameter(path, "spine_region", segmenter.region.parameter(), add=True)
+        _set_parameter(path, "slice_context", str(segmenter.info.slice_context).lower(), add=True)
         pipeline_config = read_config(path)
         for output in pipeline_config.output:
             if output.name.endswith("PROBABILITIES") and output.dims[0] != k:

@@ -111,6 +111,7 @@ class SpinePipeline:
         setting = parameters.get(REGION_PARAMETER)
         self.region = (pipeline.RegionSettings.from_parameter(setting) if setting
                        else pipeline.RegionSettings(enabled=False))
+        self.context = parameters.get("slice_context", "false") == "true"  # 2.5D input (planes.slice_context)
 
     async def execute(self, requests: list) -> list:
         return [await self._segment(request) for request in requests]
@@ -153,7 +154,10 @@ class SpinePipeline:
             # first pass, then the planes and the fusion on the box only.
             region = pipeline.Region.whole(image.shape[1:], pipeline.OFF)
             if settings.enabled:
-                first = await self._plane(pipeline.first_pass_input(image, self.spacing, settings), "sagittal")
+                # context first, so that the thinned first pass sees the model grid's neighbours
+                whole = self.planes.slice_context(image, "sagittal") if self.context else image
+                first = await self._plane(pipeline.first_pass_input(whole, self.spacing, settings), "sagittal",
+                                          context=False)
                 region = pipeline.locate(first, image.shape[1:], self.spacing, settings)
             box = pipeline.crop(image, region)
             stacks = await asyncio.gather(*(self._plane(box, plane) for plane in self.planes.PLANES))
@@ -205,9 +209,12 @@ class SpinePipeline:
                              f"request {PROBABILITIES} and resample in the client")
         return shape
 
-    async def _plane(self, image: np.ndarray, plane: str) -> np.ndarray:
-        """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack sent in chunks, all at
-        once, so the plane model's dynamic batcher can fill its batches."""
+    async def _plane(self, image: np.ndarray, plane: str, context: bool | None = None) -> np.ndarray:
+        """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack (2.5D when the model's
+        ``context``) sent in chunks, all at once, so the plane model's dynamic batcher can fill
+        its batches."""
+        if self.context if context is None else context:
+            image = self.planes.slice_context(image, plane)
         stack = self.planes.slice_stack(image, plane)
         chunks = [np.ascontiguousarray(stack[i : i + self.batch]) for i in range(0, len(stack), self.batch)]
         parts = await asyncio.gather(*(self._infer(f"plane_{plane}", "IMAGE", c) for c in chunks))

@@ -101,11 +101,11 @@ class Retrain(TrainTask):
         return {"preset": self.preset, "multi_gpu": False}  # no "modality": see the module doc
 
     def __call__(self, request, datastore: Datastore) -> dict:
-        # Fine-tuning keeps the served model's network preset and spacing, whatever the preset says.
+        # Fine-tuning keeps the served model's network preset, spacing and input, whatever the preset says.
         served = self.model.segmenter().info
         try:
             preset = replace(TrainingPreset.load(request.get("preset", self.preset)), model=served.preset,
-                             spacing_mm=served.spacing_mm)
+                             spacing_mm=served.spacing_mm, slice_context=served.slice_context)
         except ConfigError as err:
             raise HTTPException(status_code=422, detail=str(err)) from err
         labelled = datastore.datalist()
