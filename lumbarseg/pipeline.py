@@ -213,10 +213,14 @@ def first_pass_step(spacing: float, settings: RegionSettings) -> int:
     return max(1, int(round(settings.slice_mm / spacing)))
 
 
-def first_pass_input(image: np.ndarray, spacing: float, settings: RegionSettings) -> np.ndarray:
+def first_pass_input(image: np.ndarray, spacing: float, settings: RegionSettings, *,
+                     context: bool = False) -> np.ndarray:
     """The first pass's share of a network input ``(3, X, Y, Z)``: every
-    :func:`first_pass_step`-th sagittal slice. The sagittal network's probabilities on it go
-    to :func:`locate`."""
+    :func:`first_pass_step`-th sagittal slice, with 2.5D ``context``
+    (:func:`lumbarseg.planes.slice_context`) taken before thinning, so that its neighbours are
+    the model grid's. The sagittal network's probabilities on it go to :func:`locate`."""
+    if context:
+        image = planes.slice_context(image, "sagittal")
     return np.ascontiguousarray(image[:, :: first_pass_step(spacing, settings)])
 
 
@@ -366,10 +370,8 @@ class Segmenter:
         settings = self.settings(region)
         if not settings.enabled:
             return Region.whole(image.shape[1:], OFF)
-        # 2.5D context before the first pass thins the slices: its neighbours are the model grid's
-        if self.info.slice_context:
-            image = planes.slice_context(image, "sagittal")
-        first = predict_plane(self.plane_models["sagittal"], first_pass_input(image, self.spacing, settings), "sagittal")
+        first = predict_plane(self.plane_models["sagittal"],
+                              first_pass_input(image, self.spacing, settings, context=self.info.slice_context), "sagittal")
         return locate(first, image.shape[1:], self.spacing, settings)
 
     def predict(self, image: np.ndarray,

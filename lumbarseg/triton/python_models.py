@@ -154,13 +154,12 @@ class SpinePipeline:
             # first pass, then the planes and the fusion on the box only.
             region = pipeline.Region.whole(image.shape[1:], pipeline.OFF)
             if settings.enabled:
-                # context first, so that the thinned first pass sees the model grid's neighbours
-                whole = self.planes.slice_context(image, "sagittal") if self.context else image
-                first = await self._plane(pipeline.first_pass_input(whole, self.spacing, settings), "sagittal",
-                                          context=False)
+                thinned = pipeline.first_pass_input(image, self.spacing, settings, context=self.context)
+                first = await self._plane(thinned, "sagittal", context=False)  # context taken before thinning
                 region = pipeline.locate(first, image.shape[1:], self.spacing, settings)
             box = pipeline.crop(image, region)
-            stacks = await asyncio.gather(*(self._plane(box, plane) for plane in self.planes.PLANES))
+            stacks = await asyncio.gather(*(self._plane(box, plane, context=self.context)
+                                            for plane in self.planes.PLANES))
             per_plane = dict(zip(self.planes.PLANES, stacks))
             fusion_input = pipeline.region_fusion_input(per_plane, region, self.num_classes, spacing=self.spacing)[None]
             fused = pipeline.paste((await self._infer("fusion", "FUSION_INPUT", fusion_input))[0], region)
@@ -209,11 +208,10 @@ class SpinePipeline:
                              f"request {PROBABILITIES} and resample in the client")
         return shape
 
-    async def _plane(self, image: np.ndarray, plane: str, context: bool | None = None) -> np.ndarray:
-        """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack (2.5D when the model's
-        ``context``) sent in chunks, all at once, so the plane model's dynamic batcher can fill
-        its batches."""
-        if self.context if context is None else context:
+    async def _plane(self, image: np.ndarray, plane: str, *, context: bool) -> np.ndarray:
+        """One plane's ``(K, X, Y, Z)`` probabilities: its slice stack (2.5D with ``context``)
+        sent in chunks, all at once, so the plane model's dynamic batcher can fill its batches."""
+        if context:
             image = self.planes.slice_context(image, plane)
         stack = self.planes.slice_stack(image, plane)
         chunks = [np.ascontiguousarray(stack[i : i + self.batch]) for i in range(0, len(stack), self.batch)]
