@@ -57,6 +57,17 @@ class PhantomDraw:
 
 
 @dataclass(frozen=True)
+class OutOfFold:
+    """The paper's k-fold scheme: the training subjects are dealt into ``folds`` folds by set
+    (:func:`folds_by_set`); per fold, three planes trained from random weights with ``preset`` on
+    the other folds predict this one, and the fusion learns on those predictions of every
+    training subject besides the fusion group's."""
+
+    folds: int
+    preset: str  # training preset (configs/training/<name>.json) of the fold planes
+
+
+@dataclass(frozen=True)
 class FusionRecipe:
     """The fusion's own schedule: it trains on 3D patches of the plane networks' predictions."""
 
@@ -71,6 +82,14 @@ class FusionRecipe:
     # enough for the planes to learn it is over-drawn if the fusion weighs it as much: the
     # fusion then only has to calibrate it.
     class_weights: dict[str, float] | None = None
+    # Weight of the squared distance of the fusion's weights from the planes' average (its
+    # initial weights), added to the loss: a fusion learnt on a few studies stays near the
+    # average instead of learning one study's quirks (issue 15: an active-learning round learnt
+    # "sagittal body means disc" from one SPIDER study and lost the vertebrae on all the others).
+    average_anchor: float = 0.0
+    # Learn on the k-fold out-of-fold predictions of the training subjects too (None: only on
+    # the fusion group); the fold planes and their predictions are kept in <out>/folds.
+    out_of_fold: OutOfFold | None = None
 
 
 @dataclass(frozen=True)
@@ -328,10 +347,10 @@ def validation_dice(predict, volumes: list[datasets.TrainingVolume]) -> dict[str
 
 
 def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr: float, weight_decay: float,
-                validate, checkpoint: Path, class_weights: torch.Tensor | None) -> list[dict]:
+                validate, checkpoint: Path, class_weights: torch.Tensor | None, penalty=None) -> list[dict]:
     """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss
-    (``class_weights``: its cross-entropy weights), an atomic checkpoint and a log line per epoch;
-    resumes from ``checkpoint``."""
+    (``class_weights``: its cross-entropy weights) plus ``penalty(model)`` when given, an atomic
+    checkpoint and a log line per epoch; resumes from ``checkpoint``."""
     loss_fn = PartialDiceCELoss(class_weights=class_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -352,6 +371,8 @@ def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr:
         for x, allowed in tqdm(make_loader(epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", leave=False):
             optimizer.zero_grad()
             loss = loss_fn(model(x), allowed)
+            if penalty is not None:
+                loss = loss + penalty(model)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
@@ -434,15 +455,63 @@ def fusion_inputs(plane_models: dict[str, torch.nn.Module], volumes: list[datase
     return inputs
 
 
-def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: list[datasets.TrainingVolume],
+def folds_by_set(volumes: list[datasets.TrainingVolume], n_folds: int) -> list[int]:
+    """Fold of each volume: a set's subjects (crops of one subject together) dealt out in turn."""
+    fold, dealt = [], {}
+    for v in volumes:
+        set_name, subject = v.key.split("/")
+        units = dealt.setdefault(set_name, {})
+        units.setdefault(subject_unit(set_name, subject), len(units) % n_folds)
+        fold.append(units[subject_unit(set_name, subject)])
+    return fold
+
+
+def out_of_fold_inputs(training: list[datasets.TrainingVolume], fusion_group: list[datasets.TrainingVolume],
+                       preset: TrainingPreset, work: Path, n_folds: int) -> list[np.ndarray]:
+    """Fusion inputs of every training volume, each predicted by planes trained (``preset``, from
+    random weights, checked per epoch on the fusion group as in training) without its fold
+    (:class:`OutOfFold`); a fold's checkpoints and predictions are kept in ``work/fold<f>`` so an
+    interrupted run resumes and a finished fold is not trained again."""
+    fold = folds_by_set(training, n_folds)
+    inputs: list[np.ndarray] = [np.empty(0)] * len(training)
+    for f in range(n_folds):
+        out = work / f"fold{f}"
+        members = [j for j in range(len(training)) if fold[j] == f]
+        saved = out / "inputs.npz"
+        if saved.is_file():
+            with np.load(saved) as arrays:
+                predicted = [arrays[training[j].key] for j in members]
+        else:
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            rest = {"train": [v for v, g in zip(training, fold) if g != f], "fusion": fusion_group}
+            models = {plane: train_plane(plane, rest, preset, out)[0] for plane in planes.PLANES}
+            predicted = fusion_inputs(models, [training[j] for j in members], preset.spacing_mm,
+                                      context=preset.slice_context)
+            np.savez(saved, **{training[j].key: x for j, x in zip(members, predicted)})
+        for j, x in zip(members, predicted):
+            inputs[j] = x
+    return inputs
+
+
+def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: dict[str, list[datasets.TrainingVolume]],
                  preset: TrainingPreset, out: Path, init: Path | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """The fusion learns on the plane networks' predictions of the fusion group: subjects they
-    never trained on, except those the split lists in both groups (:func:`groups_of`)."""
-    if not volumes:
+    never trained on, except those the split lists in both groups (:func:`groups_of`); with the
+    preset's ``fusion.out_of_fold``, also on k-fold predictions of the training subjects."""
+    if not volumes["fusion"]:
         raise StudyError(out, "no fusion-group studies: the fusion learns on out-of-fold predictions, so it needs "
                               "subjects the plane networks do not train on")
-    inputs = fusion_inputs(plane_models, volumes, preset.spacing_mm, context=preset.slice_context)
-    return fit_fusion(inputs, volumes, preset, out / "checkpoints" / "fusion.ckpt", init)
+    inputs = fusion_inputs(plane_models, volumes["fusion"], preset.spacing_mm, context=preset.slice_context)
+    learn_on = list(volumes["fusion"])
+    oof = preset.fusion.out_of_fold
+    if oof is not None:
+        fold_preset = TrainingPreset.load(oof.preset)
+        if (fold_preset.spacing_mm, fold_preset.slice_context) != (preset.spacing_mm, preset.slice_context):
+            raise ConfigError(oof.preset, f"fold planes need the spacing ({preset.spacing_mm} mm) and slice_context "
+                                          f"({preset.slice_context}) of the planes the fusion will fuse")
+        inputs += out_of_fold_inputs(volumes["train"], volumes["fusion"], fold_preset, out / "folds", oof.folds)
+        learn_on += volumes["train"]
+    return fit_fusion(inputs, learn_on, preset, out / "checkpoints" / "fusion.ckpt", init)
 
 
 def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset,
@@ -462,8 +531,15 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
                      for v, x in zip(volumes, inputs)}
         return validation_dice(lambda v: preds[v.key], volumes)
 
+    penalty = None
+    if f.average_anchor:
+        average = {n: w.detach().clone() for n, w in network("fusion", preset, None).named_parameters()}
+
+        def penalty(m: torch.nn.Module) -> torch.Tensor:
+            return f.average_anchor * sum(((w - average[n]) ** 2).sum() for n, w in m.named_parameters())
+
     history = _run_epochs("fusion", model, loader, f.epochs, f.learning_rate, preset.weight_decay,
-                          validate, checkpoint, preset.class_weight_tensor("fusion"))
+                          validate, checkpoint, preset.class_weight_tensor("fusion"), penalty)
     return model, history
 
 
@@ -520,7 +596,7 @@ def train(preset: TrainingPreset, data_dirs: list[Path], out: Path, *, init: Pat
         else:
             plane_models[plane] = network(plane, preset, init)
     if "fusion" in networks:
-        fusion, histories["fusion"] = train_fusion(plane_models, volumes["fusion"], preset, out, init)
+        fusion, histories["fusion"] = train_fusion(plane_models, volumes, preset, out, init)
     else:
         fusion = network("fusion", preset, init)
     minutes = (time.perf_counter() - began) / 60

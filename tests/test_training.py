@@ -14,7 +14,8 @@ from lumbarseg.config import ConfigError
 from lumbarseg.evaluation import evaluate
 from lumbarseg.io.study import StudyError
 from lumbarseg.pipeline import Segmenter
-from lumbarseg.training import REPO, PatchDataset, PhantomDraw, SliceDataset, TrainingPreset, train
+from lumbarseg.training import (REPO, PatchDataset, PhantomDraw, SliceDataset, TrainingPreset, collect_volumes,
+                                fit_fusion, fusion_inputs, network, train)
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +129,82 @@ def test_the_plane_experiment_scores_each_arm_per_set_on_the_fusion_group(traine
     assert experiment.main([*args[:-2], "--out", str(tmp_path / "x.json"), "--presets", "nonexistent"]) == 2
 
 
-def test_the_fusion_weighs_classes_by_its_own_class_weights_when_given():
+def test_a_k_fold_fusion_learns_on_predictions_by_planes_that_never_saw_the_study(trained, phantom_data, tmp_path,
+                                                                                  monkeypatch):
+    """fusion.out_of_fold: per fold, planes trained on the other folds' training studies predict
+    this fold's, and the fusion learns on them as well; finished folds are not trained again."""
+    from lumbarseg import training
+
+    trained_on: list[set[str]] = []
+    real_train_plane = training.train_plane
+
+    def recording(plane, volumes, *args, **kwargs):
+        trained_on.append({v.key for v in volumes["train"]})
+        return real_train_plane(plane, volumes, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_plane", recording)
+    smoke = TrainingPreset.load("smoke")
+    preset = replace(smoke, phantoms=replace(smoke.phantoms, train=2),
+                     fusion=replace(smoke.fusion, out_of_fold=training.OutOfFold(folds=2, preset="smoke")))
+    model = train(preset, [phantom_data], tmp_path / "run", init=trained[1], networks=("fusion",))
+    assert len(trained_on) == 2 * 3  # two folds, three planes each, and only the fusion otherwise
+    folds = [set(np.load(tmp_path / "run" / "folds" / f"fold{f}" / "inputs.npz").files) for f in range(2)]
+    assert len(folds[0]) == len(folds[1]) == 2 and not folds[0] & folds[1]  # 2 phantom studies + 2 drawn
+    for f in range(2):
+        assert all(seen == folds[1 - f] for seen in trained_on[3 * f:3 * f + 3])  # never its own fold
+    without = train(smoke, [phantom_data], tmp_path / "plain", init=trained[1], networks=("fusion",))
+    assert not torch.equal(pipeline.load_state(model / "fusion.pt")["conv1.weight"],
+                           pipeline.load_state(without / "fusion.pt")["conv1.weight"])
+    train(preset, [phantom_data], tmp_path / "run", init=trained[1], networks=("fusion",))
+    assert len(trained_on) == 6  # the saved fold predictions are reused
+    coarse = replace(preset, spacing_mm=2.0)
+    with pytest.raises(ConfigError, match="spacing"):
+        train(coarse, [phantom_data], tmp_path / "coarse", init=trained[1], networks=("fusion",))
+
+
+def test_the_fusion_experiment_scores_k_fold_variants_per_set(trained, phantom_data, tmp_path):
+    """scripts/fusion_experiment.py --oof-preset: the ``oof`` variants learn on the k-fold
+    predictions besides the fusion group, and a second run reuses the saved fold predictions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fusion_experiment", REPO / "scripts" / "fusion_experiment.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    preset = json.loads((REPO / "configs" / "training" / "smoke.json").read_text())
+    preset["phantoms"] |= {"train": 2, "fusion": 2}
+    (tmp_path / "smoke_two.json").write_text(json.dumps(preset))
+    args = ["--weights", str(trained[1]), "--data", str(phantom_data), "--preset", str(tmp_path / "smoke_two.json"),
+            "--cache", str(tmp_path / "cache"), "--oof-preset", str(tmp_path / "smoke_two.json"), "--oof-folds", "2",
+            "--work", str(tmp_path / "work"), "--variants", "per_set_lr0.0003", "oof",
+            "--out", str(tmp_path / "out.json")]
+    assert experiment.main(args) == 0
+    first = json.loads((tmp_path / "out.json").read_text())
+    assert first["oof"]["training_studies"] == 4
+    row = first["per_set"]["phantom"]
+    assert set(row) == {"studies", "sagittal", "coronal", "axial", "average", "per_set_lr0.0003", "oof"}
+    assert row["oof"]["per_class"] != row["per_set_lr0.0003"]["per_class"]  # learnt on more than the fusion group
+    saved = (tmp_path / "work" / "fold0" / "inputs.npz").stat().st_mtime_ns
+    assert experiment.main(args) == 0
+    assert (tmp_path / "work" / "fold0" / "inputs.npz").stat().st_mtime_ns == saved
+    assert json.loads((tmp_path / "out.json").read_text())["per_set"] == first["per_set"]
+    assert experiment.main([*args[:-2], "--out", str(tmp_path / "x.json"), "--oof-preset", "nonexistent"]) == 2
+
+
+def test_the_average_anchor_keeps_a_fusion_learnt_on_few_studies_near_the_planes_average(trained, phantom_data,
+                                                                                       tmp_path):
     preset = TrainingPreset.load("smoke")
-    hernia = tissues.TISSUE_NAMES.index("hernia")
-    planes_only = replace(preset, class_weights={"hernia": 100.0})
-    assert planes_only.class_weight_tensor("fusion")[hernia] == 100.0  # None: the preset's
-    own = replace(planes_only, fusion=replace(preset.fusion, class_weights={}))
-    assert own.class_weight_tensor()[hernia] == 100.0 and own.class_weight_tensor("fusion") is None
-    calibrated = replace(planes_only, fusion=replace(preset.fusion, class_weights={"hernia": 2.0}))
-    assert calibrated.class_weight_tensor("fusion")[hernia] == 2.0
+    preset = replace(preset, fusion=replace(preset.fusion, epochs=2, iterations_per_epoch=5, learning_rate=0.01))
+    volumes = collect_volumes([phantom_data], preset, tmp_path / "cache")["fusion"]
+    inputs = fusion_inputs(Segmenter.load(trained[1]).plane_models, volumes, preset.spacing_mm)
+    average = dict(network("fusion", preset, None).named_parameters())
+
+    def distance(anchor: float) -> float:
+        anchored = replace(preset, fusion=replace(preset.fusion, average_anchor=anchor))
+        model, _ = fit_fusion(inputs, volumes, anchored, tmp_path / f"fusion_{anchor}.ckpt")
+        return sum(float(((w - average[n]) ** 2).sum()) for n, w in model.named_parameters())
+
+    free, anchored = distance(0.0), distance(100.0)
+    assert free > 0 and anchored < free / 4
 
 
 def test_evaluate_reports_every_model_per_class(trained, phantom_data, tmp_path):
