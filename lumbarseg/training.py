@@ -90,6 +90,9 @@ class FusionRecipe:
     # Learn on the k-fold out-of-fold predictions of the training subjects too (None: only on
     # the fusion group); the fold planes and their predictions are kept in <out>/folds.
     out_of_fold: OutOfFold | None = None
+    # Start from the planes' average even when fine-tuning (--init): a fusion relearnt on new
+    # inputs (out_of_fold) rather than nudged from the one it replaces.
+    restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -511,7 +514,8 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: dict[str, li
                                           f"({preset.slice_context}) of the planes the fusion will fuse")
         inputs += out_of_fold_inputs(volumes["train"], volumes["fusion"], fold_preset, out / "folds", oof.folds)
         learn_on += volumes["train"]
-    return fit_fusion(inputs, learn_on, preset, out / "checkpoints" / "fusion.ckpt", init)
+    return fit_fusion(inputs, learn_on, preset, out / "checkpoints" / "fusion.ckpt",
+                      None if preset.fusion.restart else init)
 
 
 def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume], preset: TrainingPreset,
@@ -523,13 +527,18 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
     def loader(epoch: int) -> DataLoader:
         return DataLoader(PatchDataset(inputs, volumes, preset, epoch), batch_size=f.batch_size)
 
+    # Two of its own training studies per set: a cheap sanity check, not a held-out score.
+    by_set: dict[str, list[int]] = {}
+    for j, v in enumerate(volumes):
+        by_set.setdefault(v.key.split("/")[0], []).append(j)
+    checks = [j for js in by_set.values() for j in js[:2]]
+
     def validate(m: torch.nn.Module) -> dict[str, float]:
-        # The fusion's own training subjects: a sanity check, not a held-out score.
         with torch.no_grad():
             m.eval()
-            preds = {v.key: m(torch.from_numpy(x.astype(np.float32))[None])[0].argmax(0).numpy()
-                     for v, x in zip(volumes, inputs)}
-        return validation_dice(lambda v: preds[v.key], volumes)
+            preds = {volumes[j].key: m(torch.from_numpy(inputs[j].astype(np.float32))[None])[0].argmax(0).numpy()
+                     for j in checks}
+        return validation_dice(lambda v: preds[v.key], [volumes[j] for j in checks])
 
     penalty = None
     if f.average_anchor:

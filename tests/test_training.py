@@ -162,6 +162,24 @@ def test_a_k_fold_fusion_learns_on_predictions_by_planes_that_never_saw_the_stud
         train(coarse, [phantom_data], tmp_path / "coarse", init=trained[1], networks=("fusion",))
 
 
+def test_a_restarted_fusion_starts_from_the_planes_average_not_from_the_one_it_replaces(trained, phantom_data,
+                                                                                       tmp_path):
+    import shutil
+
+    smoke = TrainingPreset.load("smoke")
+    other = tmp_path / "other"
+    shutil.copytree(trained[1], other)
+    torch.save({k: v + 1 for k, v in pipeline.load_state(other / "fusion.pt").items()}, other / "fusion.pt")
+
+    def fusion_after(preset: TrainingPreset, init, name: str) -> torch.Tensor:
+        model = train(preset, [phantom_data], tmp_path / name, init=init, networks=("fusion",))
+        return pipeline.load_state(model / "fusion.pt")["conv2.weight"]
+
+    restart = replace(smoke, fusion=replace(smoke.fusion, restart=True))
+    assert torch.equal(fusion_after(restart, trained[1], "a"), fusion_after(restart, other, "b"))
+    assert not torch.equal(fusion_after(smoke, trained[1], "c"), fusion_after(smoke, other, "d"))
+
+
 def test_the_fusion_experiment_scores_k_fold_variants_per_set(trained, phantom_data, tmp_path):
     """scripts/fusion_experiment.py --oof-preset: the ``oof`` variants learn on the k-fold
     predictions besides the fusion group, and a second run reuses the saved fold predictions."""
