@@ -463,18 +463,23 @@ def folds_by_set(volumes: list[datasets.TrainingVolume], n_folds: int) -> list[i
     fold, dealt = [], {}
     for v in volumes:
         set_name, subject = v.key.split("/")
-        units = dealt.setdefault(set_name, {})
-        units.setdefault(subject_unit(set_name, subject), len(units) % n_folds)
-        fold.append(units[subject_unit(set_name, subject)])
+        units, unit = dealt.setdefault(set_name, {}), subject_unit(set_name, subject)
+        fold.append(units.setdefault(unit, len(units) % n_folds))
     return fold
 
 
 def out_of_fold_inputs(training: list[datasets.TrainingVolume], fusion_group: list[datasets.TrainingVolume],
-                       preset: TrainingPreset, work: Path, n_folds: int) -> list[np.ndarray]:
+                       preset: TrainingPreset, work: Path, n_folds: int, *, spacing: float,
+                       context: bool) -> list[np.ndarray]:
     """Fusion inputs of every training volume, each predicted by planes trained (``preset``, from
     random weights, checked per epoch on the fusion group as in training) without its fold
     (:class:`OutOfFold`); a fold's checkpoints and predictions are kept in ``work/fold<f>`` so an
-    interrupted run resumes and a finished fold is not trained again."""
+    interrupted run resumes and a finished fold is not trained again. ``spacing`` and
+    ``context``: those of the planes the fusion will fuse, which the fold planes must share."""
+    if (preset.spacing_mm, preset.slice_context) != (spacing, context):
+        raise ConfigError(work, f"fold planes need the spacing ({spacing} mm) and slice_context ({context}) of the "
+                                f"planes the fusion will fuse; their preset has {preset.spacing_mm} mm and "
+                                f"{preset.slice_context}")
     fold = folds_by_set(training, n_folds)
     inputs: list[np.ndarray] = [np.empty(0)] * len(training)
     for f in range(n_folds):
@@ -508,11 +513,8 @@ def train_fusion(plane_models: dict[str, torch.nn.Module], volumes: dict[str, li
     learn_on = list(volumes["fusion"])
     oof = preset.fusion.out_of_fold
     if oof is not None:
-        fold_preset = TrainingPreset.load(oof.preset)
-        if (fold_preset.spacing_mm, fold_preset.slice_context) != (preset.spacing_mm, preset.slice_context):
-            raise ConfigError(oof.preset, f"fold planes need the spacing ({preset.spacing_mm} mm) and slice_context "
-                                          f"({preset.slice_context}) of the planes the fusion will fuse")
-        inputs += out_of_fold_inputs(volumes["train"], volumes["fusion"], fold_preset, out / "folds", oof.folds)
+        inputs += out_of_fold_inputs(volumes["train"], volumes["fusion"], TrainingPreset.load(oof.preset),
+                                     out / "folds", oof.folds, spacing=preset.spacing_mm, context=preset.slice_context)
         learn_on += volumes["train"]
     return fit_fusion(inputs, learn_on, preset, out / "checkpoints" / "fusion.ckpt",
                       None if preset.fusion.restart else init)

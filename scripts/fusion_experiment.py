@@ -87,11 +87,9 @@ def run(weights: Path, data: list[Path], preset: TrainingPreset, cache: Path, n_
     extra_inputs, extra_volumes = [], []
     if oof is not None:
         oof_preset, work, oof_folds = oof
-        if oof_preset.spacing_mm != segmenter.spacing or oof_preset.slice_context != segmenter.info.slice_context:
-            raise ConfigError("--oof-preset", f"must match {weights}: spacing {segmenter.spacing} mm, "
-                                              f"slice_context {segmenter.info.slice_context}")
         extra_volumes = groups["train"]
-        extra_inputs = out_of_fold_inputs(extra_volumes, volumes, oof_preset, work, oof_folds)
+        extra_inputs = out_of_fold_inputs(extra_volumes, volumes, oof_preset, work, oof_folds,
+                                          spacing=segmenter.spacing, context=segmenter.info.slice_context)
         variants.update(OOF_VARIANTS)
     if only:
         variants = {name: change for name, change in variants.items() if name in only or change is None}
