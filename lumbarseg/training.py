@@ -239,14 +239,20 @@ def volumes_by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[dat
     return groups
 
 
+def indices_by_set(volumes: list[datasets.TrainingVolume]) -> dict[str, list[int]]:
+    """Indices into ``volumes`` grouped by their set (the first part of the key), in order."""
+    sets: dict[str, list[int]] = {}
+    for j, v in enumerate(volumes):
+        sets.setdefault(v.key.split("/")[0], []).append(j)
+    return sets
+
+
 class _SetDraw:
     """Draws the index of a training study: a set (uniformly, or by the preset's
     ``set_weights``, so a 40-subject set does not drown a 5-subject one), then a study in it."""
 
     def __init__(self, volumes: list[datasets.TrainingVolume], preset: TrainingPreset):
-        self.sets: dict[str, list[int]] = {}
-        for j, v in enumerate(volumes):
-            self.sets.setdefault(v.key.split("/")[0], []).append(j)
+        self.sets = indices_by_set(volumes)
         self.names = sorted(self.sets)
         weights = np.array([preset.set_weights.get(name, 1.0) for name in self.names], float)
         self.probabilities = weights / weights.sum() if preset.set_weights else None
@@ -530,10 +536,7 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
         return DataLoader(PatchDataset(inputs, volumes, preset, epoch), batch_size=f.batch_size)
 
     # Two of its own training studies per set: a cheap sanity check, not a held-out score.
-    by_set: dict[str, list[int]] = {}
-    for j, v in enumerate(volumes):
-        by_set.setdefault(v.key.split("/")[0], []).append(j)
-    checks = [j for js in by_set.values() for j in js[:2]]
+    checks = [j for js in indices_by_set(volumes).values() for j in js[:2]]
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
         with torch.no_grad():
