@@ -108,8 +108,9 @@ def exported(weights, tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def served(exported, tmp_path_factory):
-    """``lumbarseg triton serve --cpu`` on free loopback ports; stopped with Ctrl-C (SIGINT) at
-    the end, which must shut tritonserver down and exit 0."""
+    """``lumbarseg triton serve --cpu`` on free loopback ports; stopped at the end as
+    scripts/demo.sh is by Ctrl-C: SIGINT, then its exit trap's SIGTERM while the server stops,
+    which must shut tritonserver down and exit 0 without a traceback."""
     repository, _ = exported
     http_port, grpc_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("log") / "triton.log"
@@ -126,8 +127,11 @@ def served(exported, tmp_path_factory):
     yield {"http": f"http://127.0.0.1:{http_port}", "grpc": f"grpc://127.0.0.1:{grpc_port}", "log": log,
            "repository": repository}
     process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
-    assert "stopping Triton" in process.stdout.read()
+    output = process.stdout.read()
+    assert "stopping Triton" in output and "Traceback" not in output
     with pytest.raises(TritonError, match="Connection refused"):
         TritonSegmenter(f"grpc://127.0.0.1:{grpc_port}", retries=0).health()
 

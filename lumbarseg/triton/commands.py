@@ -57,6 +57,11 @@ def _serve(args: argparse.Namespace) -> int:
                           instances=args.instances, threads=args.threads)
 
     def terminate(signum, frame):  # `kill` stops the server as cleanly as Ctrl-C
+        # Stopping is bounded (server.stop: SIGKILL after 30 s), so later signals are ignored: a
+        # terminal's Ctrl-C reaches the whole process group and a script then `kill`s us too
+        # (scripts/demo.sh), which would otherwise cut the stop short with a traceback.
+        for other in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(other, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     # Installed for SIGINT too: a process started in the background inherits SIGINT ignored,
