@@ -129,15 +129,22 @@ class TrainingPreset:
     # 2.5D input (lumbarseg.planes.slice_context): a study's input slots that repeat its one
     # contrast carry the neighbouring slices; written to the weights folder's model.json.
     slice_context: bool = False
+    # Add the Dice of each partial label's class group (SPIDER's whole vertebra: body, articular
+    # or spinous process) to the loss (losses.known_dice_loss): a round that starts from studies
+    # labelling no bone surely learns the vertebrae from it (issue 15). Off in the shipped chain's
+    # presets, which were trained without it.
+    partial_dice: bool = False
 
-    def class_weight_tensor(self, network: str = "planes") -> torch.Tensor | None:
-        """Cross-entropy weights per tissue class for the plane networks or the ``fusion``."""
+    def loss(self, network: str = "planes") -> PartialDiceCELoss:
+        """The partial-label loss of the plane networks or the ``fusion``: cross-entropy weights
+        per tissue class (the fusion's own when it has them), and the Dice of partial labels'
+        class groups when ``partial_dice``."""
         weights = self.class_weights
         if network == "fusion" and self.fusion.class_weights is not None:
             weights = self.fusion.class_weights
-        if not weights:
-            return None
-        return torch.tensor([float(weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES])
+        tensor = torch.tensor([float(weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES]) if weights else None
+        groups = [[t.index for t in tissues.classes_of(name)] for name in tissues.PARTIAL] if self.partial_dice and network == "planes" else []
+        return PartialDiceCELoss(class_weights=tensor, groups=groups)
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "TrainingPreset":
@@ -356,11 +363,10 @@ def validation_dice(predict, volumes: list[datasets.TrainingVolume]) -> dict[str
 
 
 def _run_epochs(name: str, model: torch.nn.Module, make_loader, epochs: int, lr: float, weight_decay: float,
-                validate, checkpoint: Path, class_weights: torch.Tensor | None, penalty=None) -> list[dict]:
-    """The shared loop of plane and fusion training: AdamW, cosine schedule, partial-label loss
-    (``class_weights``: its cross-entropy weights) plus ``penalty(model)`` when given, an atomic
-    checkpoint and a log line per epoch; resumes from ``checkpoint``."""
-    loss_fn = PartialDiceCELoss(class_weights=class_weights)
+                validate, checkpoint: Path, loss_fn: PartialDiceCELoss, penalty=None) -> list[dict]:
+    """The shared loop of plane and fusion training: AdamW, cosine schedule, the partial-label
+    ``loss_fn`` plus ``penalty(model)`` when given, an atomic checkpoint and a log line per
+    epoch; resumes from ``checkpoint``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history: list[dict] = []
@@ -425,7 +431,7 @@ def train_plane(plane: str, volumes: dict[str, list[datasets.TrainingVolume]], p
                                .argmax(0), checks)
 
     history = _run_epochs(plane, model, loader, preset.epochs, preset.learning_rate, preset.weight_decay,
-                          validate, out / "checkpoints" / f"{plane}.ckpt", preset.class_weight_tensor())
+                          validate, out / "checkpoints" / f"{plane}.ckpt", preset.loss())
     return model, history
 
 
@@ -553,7 +559,7 @@ def fit_fusion(inputs: list[np.ndarray], volumes: list[datasets.TrainingVolume],
             return f.average_anchor * sum(((w - average[n]) ** 2).sum() for n, w in m.named_parameters())
 
     history = _run_epochs("fusion", model, loader, f.epochs, f.learning_rate, preset.weight_decay,
-                          validate, checkpoint, preset.class_weight_tensor("fusion"), penalty)
+                          validate, checkpoint, preset.loss("fusion"), penalty)
     return model, history
 
 

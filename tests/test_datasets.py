@@ -88,6 +88,27 @@ def test_partial_loss_trains_a_tiny_model_without_touching_unknown_classes():
     assert (pred[2:5, 2:5] == DISC).all() and not (pred[outside] == DISC).any()
 
 
+def test_group_dice_scores_a_partial_label_by_its_classes_summed_probability():
+    # A whole-vertebra square (body, articular or spinous process, not which), surely background
+    # around it: per class nothing is surely bone, so the class Dice says nothing about it.
+    bone = [tissues.TISSUE_NAMES.index(n) for n in tissues.PARTIAL["vertebra"]]
+    allowed = torch.zeros(1, tissues.NUM_TISSUES, 8, 8, dtype=torch.bool)
+    allowed[:, 0] = True
+    allowed[:, 0, 2:6, 2:6] = False
+    allowed[:, bone, 2:6, 2:6] = True
+    logits = torch.full((1, tissues.NUM_TISSUES, 8, 8), -10.0)
+    logits[:, 0] = 10.0  # background everywhere: misses the vertebra
+    assert known_dice_loss(logits, allowed) == 0 and known_dice_loss(logits, allowed, groups=[bone]) > 0.9
+    # Any split of the square among its classes is right for the group: no loss
+    logits[:, 0, 2:6, 2:6] = -10.0
+    logits[:, bone[0], 2:6, 2:4] = logits[:, bone[1], 2:6, 4:6] = 10.0
+    assert known_dice_loss(logits, allowed, groups=[bone]) < 0.01
+    # A batch without a partial pixel of the group scores as without the group
+    sure = torch.nn.functional.one_hot(torch.randint(0, tissues.NUM_TISSUES, (1, 8, 8)), tissues.NUM_TISSUES)
+    sure, logits = sure.permute(0, 3, 1, 2).bool(), torch.randn(1, tissues.NUM_TISSUES, 8, 8)
+    assert torch.equal(known_dice_loss(logits, sure, groups=[bone]), known_dice_loss(logits, sure))
+
+
 @pytest.mark.realdata
 def test_prepared_real_volume_keeps_labels_and_extents(shared_data):
     entry = next(e for e in manifest.read_manifest(shared_data) if e.set == "lumbar_ivd_t2")
