@@ -130,9 +130,9 @@ class TrainingPreset:
     # contrast carry the neighbouring slices; written to the weights folder's model.json.
     slice_context: bool = False
     # Add the Dice of each partial label's class group (SPIDER's whole vertebra: body, articular
-    # or spinous process) to the loss (losses.known_dice_loss): a round that starts from studies
-    # labelling no bone surely learns the vertebrae from it (issue 15). Off in the shipped chain's
-    # presets, which were trained without it.
+    # or spinous process) to the plane networks' loss (losses.known_dice_loss): a round that
+    # starts from studies labelling no bone surely learns the vertebrae from it (issue 15; the
+    # fusion, given it too, lost the discs). Off in the shipped chain's presets, trained without it.
     partial_dice: bool = False
 
     def loss(self, network: str = "planes") -> PartialDiceCELoss:
@@ -143,7 +143,9 @@ class TrainingPreset:
         if network == "fusion" and self.fusion.class_weights is not None:
             weights = self.fusion.class_weights
         tensor = torch.tensor([float(weights.get(name, 1.0)) for name in tissues.TISSUE_NAMES]) if weights else None
-        groups = [[t.index for t in tissues.classes_of(name)] for name in tissues.PARTIAL] if self.partial_dice and network == "planes" else []
+        groups = []
+        if self.partial_dice and network == "planes":
+            groups = [[t.index for t in tissues.classes_of(name)] for name in tissues.PARTIAL]
         return PartialDiceCELoss(class_weights=tensor, groups=groups)
 
     @classmethod
