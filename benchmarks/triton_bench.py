@@ -10,12 +10,15 @@ Every backend gets the same thread budget (``--threads``: torch, onnxruntime in-
 the server's python models). Latency is per study, from the source series to tissue classes on
 its grid (``segment``); the BLS/ensemble comparison times the pipeline request alone (network
 input in, fused and per-plane probabilities out). The Triton server runs the CPU configs (the
-python backend on onnxruntime); GPU numbers need NVIDIA's container and a GPU.
+python backend on onnxruntime; the pipeline runs the fusion itself); a second server runs the same
+configs with the pipeline calling the fusion model, as the GPU configs do (``triton_grpc_fusion_bls``).
+GPU numbers need NVIDIA's container and a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -229,16 +232,21 @@ def timed(run, clients: int, repeats: int, warm: bool = True) -> dict:
     return summary(latencies, time.perf_counter() - start, clients)
 
 
-def interleaved(backends: dict, repeats: int) -> dict:
+def interleaved(backends: dict, repeats: int, seed: int = 0) -> dict:
     """One client: each backend warmed up once, then ``repeats`` rounds in which every backend
-    segments the study once, in turn, so a change of the machine's load hits all of them."""
+    segments the study once, so a change of the machine's load hits all of them; each round in
+    a shuffled order, since a backend is slowed by the one before it (the previous study's
+    memory given back, another process's threads still spinning)."""
     for run in backends.values():
         run(0)
     latencies: dict[str, list[float]] = {name: [] for name in backends}
+    order = list(backends)
+    rng = np.random.default_rng(seed)
     for _ in range(repeats):
-        for name, run in backends.items():
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            run(0)
+            backends[name](0)
             latencies[name].append(time.perf_counter() - start)
     return {name: summary(ts, sum(ts), 1) for name, ts in latencies.items()}
 
@@ -556,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="compute threads per backend")
     parser.add_argument("--repository", help="an exported model repository of --weights to copy (default: export "
                                                  "the weights into a temporary copy of the committed one)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ensemble, app, study, flops")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ensemble, app, study, flops, "
+                                                   "fusion_bls")
     parser.add_argument("--study-repeats", type=int, default=3, help="runs of the 36x256x256 study (after a warm-up)")
     parser.add_argument("--out", default=str(RESULTS / "triton_bench.json"), help="results JSON (and .md beside it)")
     parser.add_argument("--note", default="", help="context to record with the results (e.g. other load)")
@@ -569,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lumbarseg import phantom, pipeline, planes, tissues
     from lumbarseg.triton.client import TritonSegmenter
-    from lumbarseg.triton.export import TEMPLATE, export
-    from lumbarseg.triton.server import TritonServer
+    from lumbarseg.triton.export import CPU_CONFIG, FUSION_IN_PIPELINE, PIPELINE, TEMPLATE, export
+    from lumbarseg.triton.server import TritonServer, set_config_parameter
 
     torch.set_num_threads(args.threads)
     clients = [int(c) for c in args.clients.split(",")]
@@ -588,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(TEMPLATE, repository, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
             print("exporting ...", flush=True)
             export(weights, repository)
+        servers = {"triton_grpc": repository}
+        if "fusion_bls" not in skip:  # the GPU configs' path: the pipeline calls the fusion model
+            servers["triton_grpc_fusion_bls"] = work / "model_repository_fusion_bls"
+            shutil.copytree(repository, servers["triton_grpc_fusion_bls"])
+            config = servers["triton_grpc_fusion_bls"] / PIPELINE / CPU_CONFIG
+            config.write_text(set_config_parameter(config.read_text(), FUSION_IN_PIPELINE, "false"))
         series = phantom.generate(args.seed).primary
         segmenter = pipeline.Segmenter.load(weights)
         image = planes.model_input(series, segmenter.spacing)
@@ -600,13 +615,17 @@ def main(argv: list[str] | None = None) -> int:
                              "model_grid": list(image.shape[1:]), "spacing_mm": segmenter.spacing},
                    "weights": str(args.weights or "untrained lite"), "repeats": args.repeats,
                    "concurrent_repeats": args.concurrent_repeats, "segment": {}, "pipeline_model": {}, "load": load}
-        server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), config_name="cpu",
-                              log_path=work / "triton.log")
-        with server:
+        started = {name: TritonServer(path, http_port=free_port(), grpc_port=free_port(), config_name="cpu",
+                                      log_path=work / f"{name}.log") for name, path in servers.items()}
+        server = started["triton_grpc"]
+        with contextlib.ExitStack() as stack:
+            for each in started.values():
+                stack.enter_context(each)
             pid = server.process.pid
             memory = results["memory"] = {"triton_idle_mib": round(tree_rss(pid) / 2**20),
                                           "bench_process_idle_mib": round(tree_rss(os.getpid()) / 2**20)}
-            urls = {"triton_grpc": f"grpc://127.0.0.1:{server.grpc_port}"}  # inference is gRPC only
+            # inference is gRPC only
+            urls = {name: f"grpc://127.0.0.1:{each.grpc_port}" for name, each in started.items()}
             remote = {name: TritonSegmenter(url) for name, url in urls.items()}  # a connection per thread
             backends = {
                 "torch": lambda i: segmenter.segment(series),
@@ -620,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             # One client, backends interleaved round by round: the latency comparison.
             with RssSampler({"triton": pid}) as sampler:
                 single = interleaved(backends, args.repeats)
+                results["round_order"] = "in a shuffled order"
                 print("1 client:", single, flush=True)
                 load["after_one_client"] = other_load()
                 for name, run in backends.items():
@@ -722,7 +742,8 @@ def markdown(r: dict) -> str:
     st = r["study"]
     lines += [f"Study: phantom seed {st['seed']}, {'x'.join(map(str, st['shape']))} voxels, {len(st['modalities'])} "
               f"modalities, model grid {'x'.join(map(str, st['model_grid']))} at {st['spacing_mm']} mm. One client: "
-              f"{r['repeats']} interleaved rounds (every backend once per round, after one warm-up each); 2 and 4 "
+              f"{r['repeats']} interleaved rounds (every backend once per round, "
+              f"{r.get('round_order', 'in a fixed order')}, after one warm-up each); 2 and 4 "
               f"clients: {r['concurrent_repeats']} request(s) per client.", "",
              "| backend | clients | requests | median s | p90 s | studies/s |", "|---|---|---|---|---|---|"]
     for name, rows in r["segment"].items():

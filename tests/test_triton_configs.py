@@ -8,8 +8,8 @@ import pytest
 from tritonclient.grpc import model_config_pb2
 
 from lumbarseg import planes, tissues
-from lumbarseg.triton.export import (CPU_CONFIG, MODELS, NETWORK_MODELS, PIPELINE, TEMPLATE, ExportError,
-                                     check_config, read_config)
+from lumbarseg.triton.export import (CPU_CONFIG, FUSION_IN_PIPELINE, MODELS, NETWORK_MODELS, PIPELINE, TEMPLATE,
+                                     ExportError, check_config, read_config)
 
 K = tissues.NUM_TISSUES
 
@@ -41,6 +41,9 @@ def test_gpu_and_cpu_configs_parse_and_agree(model):
         assert tensors(gpu)[0] == ("IMAGE", "TYPE_FP32", [3, -1, -1, -1])
         assert gpu.parameters["tissues"].string_value == ",".join(tissues.TISSUE_NAMES)
         assert float(gpu.parameters["spacing_mm"].string_value) > 0
+        # on CPU the pipeline runs the fusion's file itself; on the GPU it calls the fusion model
+        assert cpu.parameters[FUSION_IN_PIPELINE].string_value == "true"
+        assert FUSION_IN_PIPELINE not in gpu.parameters
 
 
 def test_pipeline_outputs_name_every_plane():

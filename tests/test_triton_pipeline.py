@@ -29,7 +29,7 @@ from lumbarseg.networks.plane_net import plane_net
 
 from conftest import security_probe
 from lumbarseg.triton.client import TritonSegmenter
-from lumbarseg.triton.export import MODELS, NETWORK_MODELS, TEMPLATE, next_version, read_config
+from lumbarseg.triton.export import FUSION_IN_PIPELINE, MODELS, NETWORK_MODELS, TEMPLATE, next_version, read_config
 from lumbarseg.triton.server import TritonError
 
 KEY = secrets.token_urlsafe(16)  # the admin key of this module's servers (LUMBARSEG_TRITON_KEY)
@@ -159,11 +159,21 @@ def test_export_checks_every_network_against_pytorch(exported):
         assert parameters["spacing_mm"].string_value == "3" and parameters["slice_context"].string_value == "true"
 
 
+def fusion_requests(admin: http.InferenceServerClient) -> int:
+    """Requests the ``fusion`` model has served (every version)."""
+    stats = admin.get_inference_statistics("fusion", headers=ADMIN)["model_stats"]
+    return sum(int(s["inference_stats"]["success"]["count"]) for s in stats)
+
+
 def test_triton_pipeline_matches_in_process_inference(served, study, local):
+    admin = http.InferenceServerClient(served["http"].removeprefix("http://"))
+    before = fusion_requests(admin)
     with TritonSegmenter(served["grpc"]) as client:
         assert client.spacing == SPACING
         remote = client.segment(study)
         detailed = client.segment(study, probabilities=True)
+    # the CPU configs' pipeline runs the fusion's file itself (fusion_in_pipeline): no BLS call
+    assert fusion_requests(admin) == before
     assert remote.classes.shape == study.shape
     assert remote.region == local.region  # the same first pass and box (lumbarseg.pipeline.locate)
     assert (remote.classes == local.classes).mean() >= PARITY
@@ -288,13 +298,16 @@ def test_scaled_cpu_configs_serve_concurrent_studies_and_later_versions(exported
     """``lumbarseg triton serve --cpu --instances 2 --threads 1`` (what the README recommends
     for several readers): every model runs two instances of one thread, two studies sent at
     once both come back as in process, and a version exported after the start is loaded with
-    the same scaled configs."""
+    the same scaled configs. This server's pipeline calls the fusion model by BLS, as the GPU
+    configs do (fusion_in_pipeline false), so that path is served for real too."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from lumbarseg.triton.server import TritonServer
+    from lumbarseg.triton.server import TritonServer, set_config_parameter
 
     repository = tmp_path / "model_repository"  # a copy: the new version must not reach the module's server
     shutil.copytree(exported[0], repository)
+    config = repository / "spine_pipeline" / "configs" / "cpu.pbtxt"
+    config.write_text(set_config_parameter(config.read_text(), FUSION_IN_PIPELINE, "false"))
     server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), config_name="cpu",
                           log_path=tmp_path / "triton.log", key=KEY, instances=2, threads=1)
     with server, TritonSegmenter(f"grpc://127.0.0.1:{server.grpc_port}", key=KEY) as client:
@@ -302,11 +315,12 @@ def test_scaled_cpu_configs_serve_concurrent_studies_and_later_versions(exported
         for model in MODELS:
             config = admin.get_model_config(model)
             assert config["instance_group"][0]["count"] == 2, model
-            if model in NETWORK_MODELS:
-                assert config["parameters"]["intra_op_threads"]["string_value"] == "1", model
+            # every model runs a network (the pipeline its fusion, when it does not call the model)
+            assert config["parameters"]["intra_op_threads"]["string_value"] == "1", model
         with ThreadPoolExecutor(2) as pool:
             for remote in pool.map(lambda _: client.segment(study), range(2)):
                 assert (remote.classes == local.classes).mean() >= PARITY
+        assert fusion_requests(admin) == 2
         version = next_version(repository)
         for model in MODELS:
             shutil.copytree(repository / model / str(version - 1), repository / model / str(version))

@@ -34,6 +34,9 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "model_repository"
 PLANE_MODELS = {f"plane_{plane}": plane for plane in planes.PLANES}
 NETWORK_MODELS = (*PLANE_MODELS, "fusion")
 PIPELINE = "spine_pipeline"
+# PIPELINE's config parameter: "true" runs fusion/<version>/model.onnx in the pipeline's own process
+# instead of calling the fusion model (the CPU configs; lumbarseg.triton.python_models.SpinePipeline)
+FUSION_IN_PIPELINE = "fusion_in_pipeline"
 MODELS = (*NETWORK_MODELS, PIPELINE)
 ONNX_FILE = "model.onnx"
 CPU_CONFIG = Path("configs") / "cpu.pbtxt"

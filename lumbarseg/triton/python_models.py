@@ -10,6 +10,7 @@ Runs only inside Triton's python stub (``triton_python_backend_utils`` exists th
   and the fusion by business-logic scripting (BLS), slicing and fusion input built by
   :mod:`lumbarseg.planes` as in-process inference builds them; with spine-region inference the
   first pass, the box and the crop are :mod:`lumbarseg.pipeline`'s functions, as in process.
+  With ``fusion_in_pipeline`` (the CPU configs) it runs the fusion model's file itself.
 """
 
 from __future__ import annotations
@@ -45,24 +46,32 @@ def _error(message: str, code: str = "INTERNAL") -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code)))
 
 
+def _onnx_session(path: Path, parameters: dict[str, str]):
+    """An onnxruntime CPU session over ``path`` with a config's ``intra_op_threads`` and
+    ``cpu_mem_arena`` parameters (or their environment overrides)."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ONNX file (run `lumbarseg export` into this repository)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get(THREADS_ENV) or parameters.get("intra_op_threads", 0))
+    options.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of spin-waiting: the pipeline calls the plane models
+    # and the fusion one after another, and a finished model's spinning threads took the cores
+    # from the next (2 threads per model, a 39x147x210 grid: 3.49 s per request spinning, 2.74 s not).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    arena = os.environ.get(ARENA_ENV) or parameters.get("cpu_mem_arena", "1")
+    options.enable_cpu_mem_arena = arena.lower() not in ("0", "false", "off")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """``<version>/model.onnx`` on onnxruntime; input and output names from the model config."""
 
     def initialize(self, args: dict) -> None:
-        import onnxruntime as ort
-
         config = json.loads(args["model_config"])
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get(THREADS_ENV) or _parameters(config).get("intra_op_threads", 0))
-        options.inter_op_num_threads = 1
-        # Idle intra-op threads sleep instead of spin-waiting: the pipeline calls the plane models
-        # and the fusion one after another, and a finished model's spinning threads took the cores
-        # from the next (2 threads per model, a 39x147x210 grid: 3.49 s per request spinning, 2.74 s not).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        arena = os.environ.get(ARENA_ENV) or _parameters(config).get("cpu_mem_arena", "1")
-        options.enable_cpu_mem_arena = arena.lower() not in ("0", "false", "off")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _onnx_session(path, _parameters(config))
         self.input = config["input"][0]["name"]
         self.outputs = [o["name"] for o in config["output"]]
 
@@ -74,7 +83,8 @@ class OnnxModel:
             groups.setdefault(array.shape[1:], []).append(i)
         responses: list = [None] * len(requests)
         for members in groups.values():
-            results = self.session.run(self.outputs, {self.input: np.concatenate([arrays[i] for i in members])})
+            batch = arrays[members[0]] if len(members) == 1 else np.concatenate([arrays[i] for i in members])
+            results = self.session.run(self.outputs, {self.input: batch})
             start = 0
             for i in members:
                 end = start + len(arrays[i])
@@ -95,6 +105,7 @@ class SpinePipeline:
 
     def initialize(self, args: dict) -> None:
         from lumbarseg import pipeline, planes  # torch and monai: loaded in this model's stub only
+        from lumbarseg.triton.export import FUSION_IN_PIPELINE
 
         self.planes, self.pipeline = planes, pipeline
         config = json.loads(args["model_config"])
@@ -112,6 +123,15 @@ class SpinePipeline:
         self.region = (pipeline.RegionSettings.from_parameter(setting) if setting
                        else pipeline.RegionSettings(enabled=False))
         self.context = parameters.get("slice_context", "false") == "true"  # 2.5D input (planes.slice_context)
+        # On CPU the fusion model's own process only adds copies: a BLS call moved the 30-channel
+        # fusion input (145 MB on a 39x147x210 grid) into the fusion's stub and the probabilities
+        # back (end to end 1.03-1.19x in-process onnxruntime, 0.90-0.92x with the fusion run here;
+        # docs/performance.md). The file is the fusion model's of this version (`lumbarseg export`
+        # writes every model's version together); the GPU configs call the fusion model on the GPU.
+        self.fusion = None
+        if parameters.get(FUSION_IN_PIPELINE, "false") == "true":
+            fusion = Path(args["model_repository"]).parent / "fusion" / args["model_version"] / "model.onnx"
+            self.fusion = _onnx_session(fusion, parameters)
 
     async def execute(self, requests: list) -> list:
         return [await self._segment(request) for request in requests]
@@ -162,7 +182,7 @@ class SpinePipeline:
                                             for plane in self.planes.PLANES))
             per_plane = dict(zip(self.planes.PLANES, stacks))
             fusion_input = pipeline.region_fusion_input(per_plane, region, self.num_classes, spacing=self.spacing)[None]
-            fused = pipeline.paste((await self._infer("fusion", "FUSION_INPUT", fusion_input))[0], region)
+            fused = pipeline.paste((await self._fuse(fusion_input))[0], region)
             del fusion_input  # 30 channels: the largest array, not needed for the outputs
         except _Failed as err:
             return _error(str(err), "UNAVAILABLE")
@@ -217,6 +237,11 @@ class SpinePipeline:
         chunks = [np.ascontiguousarray(stack[i : i + self.batch]) for i in range(0, len(stack), self.batch)]
         parts = await asyncio.gather(*(self._infer(f"plane_{plane}", "IMAGE", c) for c in chunks))
         return self.planes.restack(np.concatenate(parts), plane)
+
+    async def _fuse(self, fusion_input: np.ndarray) -> np.ndarray:
+        if self.fusion is not None:
+            return self.fusion.run([PROBABILITIES], {"FUSION_INPUT": fusion_input})[0]
+        return await self._infer("fusion", "FUSION_INPUT", fusion_input)
 
     async def _infer(self, model: str, name: str, array: np.ndarray) -> np.ndarray:
         request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[PROBABILITIES],
