@@ -170,13 +170,16 @@ def _sac_errors(model: dict, truth: dict) -> list[dict]:
 
 def evaluate_findings(data: str | Path, source: str = "truth", weights: str | Path | None = None,
                       reports: str | Path | None = None, *, all_subjects: bool = False,
-                      groups: tuple[str, ...] = ("holdout",)) -> dict:
+                      groups: tuple[str, ...] = ("holdout",), segmenter=None) -> dict:
     """Findings of every study of ``data`` scored against its truth (see the module doc).
-    ``reports``: a folder to also write each study's report JSON to."""
+    ``reports``: a folder to also write each study's report JSON to. ``segmenter``: for
+    ``source="model"``, the ``weights`` already loaded (anything with ``segment(series)``:
+    ``scripts/tune_class_scale.py`` passes one that reuses cached network outputs)."""
     if source not in ("truth", "model"):
         raise StudyError(data, f"source must be 'truth' or 'model', not {source!r}")
-    segmenter = None
-    if source == "model":
+    if source != "model":
+        segmenter = None
+    elif segmenter is None:
         from lumbarseg.pipeline import Segmenter
 
         if weights is None:

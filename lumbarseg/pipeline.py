@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -104,6 +104,10 @@ class ModelInfo:
     # 2.5D input: a study's repeated input slots carry the neighbouring slices (planes.slice_context)
     slice_context: bool = False
     version: str = "shipped"  # the MONAI Label app's serving version: set when it publishes a retrained model
+    # Fused classes are the argmax of the probabilities, each multiplied by its tissue's factor
+    # here (1 where none is named): moves one class's decision threshold without retraining.
+    # Chosen for these weights on validation data (docs/training.md); retraining drops it.
+    class_scale: dict[str, float] = field(default_factory=dict)
     record: dict = other_keys()  # every other key of model.json
 
     @classmethod
@@ -111,10 +115,49 @@ class ModelInfo:
         path = Path(folder) / MODEL_FILE
         if not path.is_file():
             raise ConfigError(folder, f"no {MODEL_FILE}: not a lumbarseg weights folder")
-        return read_config(cls, path)
+        info = read_config(cls, path)
+        try:
+            info.scale()
+        except ValueError as err:
+            raise ConfigError(path, str(err)) from None
+        return info
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / MODEL_FILE).write_text(json.dumps(dump_config(self), indent=1))
+
+    def scale(self) -> np.ndarray | None:
+        """:attr:`class_scale` as one factor per class (None: plain argmax), for :func:`class_map`."""
+        return class_scale_vector(self.class_scale, self.tissues)
+
+
+def class_scale_parameter(class_scale: dict[str, float]) -> str:
+    """One-line form of a ``class_scale`` for the Triton pipeline's config (``name=factor,...``)."""
+    return ",".join(f"{name}={factor:g}" for name, factor in class_scale.items())
+
+
+def class_scale_from_parameter(text: str) -> dict[str, float]:
+    """Inverse of :func:`class_scale_parameter`; a malformed item is a ValueError."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, factor = item.partition("=")
+        if not sep:
+            raise ValueError(f"class_scale item {item!r} is not name=factor")
+        out[name.strip()] = float(factor)
+    return out
+
+
+def class_scale_vector(class_scale: dict[str, float], names: tuple[str, ...]) -> np.ndarray | None:
+    """Tissue name -> factor as one float32 factor per class of ``names`` (None when empty);
+    a name not among them or a factor that is not positive and finite is a ValueError."""
+    if not class_scale:
+        return None
+    unknown = sorted(set(class_scale) - set(names))
+    if unknown:
+        raise ValueError(f"class_scale names {unknown}, not classes of these networks: {list(names)}")
+    factors = np.array([class_scale.get(name, 1.0) for name in names], dtype=np.float32)
+    if not (np.isfinite(factors).all() and (factors > 0).all()):
+        raise ValueError(f"class_scale factors must be positive and finite, got {class_scale}")
+    return factors
 
 
 @torch.no_grad()
@@ -386,14 +429,14 @@ class Segmenter:
         return {p: paste(v, where) for p, v in per_plane.items()}, paste(fused, where), where
 
     def segment(self, series: Series, region: "bool | RegionSettings | None" = None) -> Segmentation:
-        return segment_series(series, self.spacing, lambda image: self.predict(image, region))
+        return segment_series(series, self.spacing, lambda image: self.predict(image, region), self.info.scale())
 
 
 # network input -> (per plane probabilities or class map, fused probabilities or canonical-grid classes[, Region])
 Predict = Callable[[np.ndarray], tuple]
 
 
-def segment_series(series: Series, spacing: float, predict: Predict) -> Segmentation:
+def segment_series(series: Series, spacing: float, predict: Predict, scale: np.ndarray | None = None) -> Segmentation:
     """The study-level steps around the networks, shared by every backend (in-process here,
     :class:`lumbarseg.triton.client.TritonSegmenter`): the series' network input
     (:func:`lumbarseg.planes.network_input`) resampled to ``spacing`` mm isotropic, given to
@@ -401,15 +444,17 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
     map ``(X, Y, Z)`` (possibly no plane); the fused probabilities on that grid, or the fused
     classes already on the series' canonical grid (:func:`lumbarseg.planes.canonical_shape`);
     and optionally the :class:`Region` the networks ran on. Fused classes are the argmax of the
-    probabilities resampled trilinear to the canonical grid; a plane's classes are taken on the
-    network grid and resampled nearest (what a backend that sends class maps does), so every
-    backend gives the same classes. Both are returned in the series' own orientation."""
+    probabilities resampled trilinear to the canonical grid, each class's multiplied by its
+    ``scale`` factor (:meth:`ModelInfo.scale`; a backend that sends classes applied it); a
+    plane's classes are the plain argmax, taken on the network grid and resampled nearest (what
+    a backend that sends class maps does), so every backend gives the same classes. Both are
+    returned in the series' own orientation."""
     # the grid budget first (reorienting only permutes axes: the same voxel count)
     budget.check_grid(series.source or series.description or "series", series.shape, series.spacing, spacing)
     shape = planes.canonical_shape(series)
     image = planes.model_input(series, spacing)
     per_plane, fused, *where = predict(image)
-    fused_classes = fused if fused.ndim == 3 else source_classes(fused, shape)
+    fused_classes = fused if fused.ndim == 3 else source_classes(fused, shape, scale)
     if fused_classes.shape != shape:
         raise ValueError(f"the backend sent fused classes of shape {fused_classes.shape} for a series whose "
                          f"canonical grid is {shape}")
@@ -424,16 +469,19 @@ def segment_series(series: Series, spacing: float, predict: Predict) -> Segmenta
                         fused_planes=tuple(p for p in per_plane if p not in silent), region=where[0] if where else None)
 
 
-def source_classes(fused: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def source_classes(fused: np.ndarray, shape: tuple[int, int, int], scale: np.ndarray | None = None) -> np.ndarray:
     """Fused probabilities ``(K, X, Y, Z)`` -> classes on a canonical source grid of ``shape``:
-    resampled trilinear, then the argmax (in process, and the Triton pipeline's
-    ``SOURCE_CLASSES``)."""
-    return class_map(planes.resample(fused, shape, "trilinear"))
+    resampled trilinear, then the (scaled, :func:`class_map`) argmax (in process, and the Triton
+    pipeline's ``SOURCE_CLASSES``)."""
+    return class_map(planes.resample(fused, shape, "trilinear"), scale)
 
 
-def class_map(probabilities: np.ndarray) -> np.ndarray:
+def class_map(probabilities: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities ``(K, X, Y, Z)`` -> their argmax ``(X, Y, Z)`` uint8 (the Triton
-    pipeline's ``CLASSES`` and ``<PLANE>_CLASSES``)."""
+    pipeline's ``CLASSES`` and ``<PLANE>_CLASSES``); ``scale``: a factor per class
+    (:meth:`ModelInfo.scale`) applied first."""
+    if scale is not None:
+        probabilities = probabilities * scale.reshape(-1, *[1] * (probabilities.ndim - 1))
     return probabilities.argmax(axis=0).astype(np.uint8)
 
 

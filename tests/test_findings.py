@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lumbarseg import cli, findings, measure, phantom, tissues
+from lumbarseg import cli, findings, measure, phantom, pipeline, tissues
 from lumbarseg.analysis import analyse
 from lumbarseg.datasets import tissue_target
 from lumbarseg.io.study import Series, Study
@@ -108,15 +108,54 @@ def test_the_per_level_table_marks_what_the_report_doubts():
     assert "no disc found" in rows["L2-L3"]
 
 
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_class_scale_sweep_reuses_the_networks_and_chooses_by_the_specificity_target():
+    """scripts/tune_class_scale.py: its cache runs the networks once per series and gives the
+    classes a segmenter with that class_scale gives; the choice is the most sensitive factor
+    reaching the specificity target among those that keep the stenosis grades, else the best
+    Youden index."""
+    tune = _script("tune_class_scale")
+    series = Series(np.zeros((1, 12, 20, 16), np.float32), np.diag([4.0, 1.5, 1.5, 1.0]), ("t2w",), "vol")
+    hernia, disc = tissues.TISSUE_NAMES.index("hernia"), tissues.TISSUE_NAMES.index("disc")
+
+    class Networks:  # stands in for Segmenter.predict: hernia just ahead of disc everywhere
+        spacing, calls = 3.0, 0
+
+        def predict(self, image):
+            self.calls += 1
+            p = np.zeros((tissues.NUM_TISSUES, *image.shape[1:]), np.float32)
+            p[hernia], p[disc] = 0.55, 0.45
+            return {"sagittal": p}, p, None
+
+    networks = Networks()
+    cached = tune.CachedSegmenter(networks)
+    for factor, expected in ((1.0, hernia), (0.5, disc), (1.0, hernia)):
+        cached.scale = pipeline.class_scale_vector({"hernia": factor}, tissues.TISSUE_NAMES)
+        segmentation = cached.segment(series)
+        assert (segmentation.classes == expected).all() and (segmentation.plane_classes["sagittal"] == hernia).all()
+    assert networks.calls == 1
+
+    def row(factor, sensitivity, specificity, stenosis):
+        return {"factor": factor, "phantoms": {"stenosis_grade_accuracy": stenosis, "herniation_per_disc": {
+            "sensitivity": sensitivity, "specificity": specificity, "youden": sensitivity + specificity - 1}}}
+
+    rows = [row(0.3, 0.60, 0.97, 0.82), row(0.5, 0.66, 0.955, 0.82), row(0.7, 0.70, 0.96, 0.70), row(1.0, 0.71, 0.91, 0.82)]
+    assert tune.choose(rows, slack=0.01, min_specificity=0.95) == 0.5  # 0.7 loses stenosis grades
+    assert tune.choose(rows, slack=0.01, min_specificity=0.99) == 1.0  # none reaches it: best Youden
+
+
 def test_the_hernia_class_sweep_re_decides_discs_from_their_evidence():
     """scripts/tune_hernia_class.py: every setting decides each disc as herniation_decision
     would (a disc failing the hernia-class rule falls through to the corner line)."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "tune_hernia_class.py"
-    spec = importlib.util.spec_from_file_location("tune_hernia_class", script)
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = _script("tune_hernia_class")
     big = {"hernia_class_mm3": 200.0, "hernia_class_reach_mm": 6.0}
     small = {"hernia_class_mm3": 30.0, "hernia_class_reach_mm": 4.0}
     line = {"hernia_class_mm3": 0.0, "corner_line_profile": [[x, 5.0 if x == 0 else 0.5] for x in range(-4, 5)]}

@@ -6,6 +6,7 @@ the fusion is an untrained network of the real shape."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -205,6 +206,49 @@ def test_class_maps_give_the_classes_of_probabilities():
         np.testing.assert_array_equal(maps.plane_classes[plane], probabilities.plane_classes[plane])
         assert 0 < (maps.plane_classes[plane] == 0).mean() < 1  # background outside the box, tissue inside
     np.testing.assert_array_equal(maps.classes, probabilities.classes)
+
+
+def test_class_scale_moves_one_class_decision_in_process():
+    """A weights folder's class_scale multiplies its classes' fused probabilities before the
+    argmax: a hernia factor below 1 gives the disc the voxels where hernia led by less than
+    that factor, and nothing else changes; the planes' own classes stay the plain argmax."""
+    hernia, disc = tissues.TISSUE_NAMES.index("hernia"), tissues.TISSUE_NAMES.index("disc")
+    fused = np.full((K, 6, 1, 1), 0.01, np.float32)
+    fused[hernia, :, 0, 0] = [0.50, 0.45, 0.40, 0.30, 0.20, 0.05]
+    fused[disc, :, 0, 0] = 0.25
+    scale = pipeline.class_scale_vector({"hernia": 0.6}, tissues.TISSUE_NAMES)
+    assert scale.dtype == np.float32 and scale[hernia] == np.float32(0.6) and np.delete(scale, hernia).tolist() == [1.0] * (K - 1)
+    assert pipeline.class_map(fused)[:, 0, 0].tolist() == [hernia] * 4 + [disc] * 2
+    assert pipeline.class_map(fused, scale)[:, 0, 0].tolist() == [hernia] * 2 + [disc] * 4
+
+    series = Series(np.zeros((1, 14, 30, 25), np.float32), np.diag([4.0, 1.3, 1.3, 1.0]), ("t2w",), "vol")
+    grid = planes.model_input(series, SPACING).shape[1:]
+    probabilities = np.zeros((K, *grid), np.float32)
+    probabilities[disc], probabilities[hernia] = 0.45, 0.55
+    plain = segmenter(enabled=False)
+    scaled = pipeline.Segmenter(plain.plane_models, plain.fusion, SPACING,
+                                replace(plain.info, class_scale={"hernia": 0.6}), plain.region)
+    for model, expected in ((plain, hernia), (scaled, disc)):
+        model.predict = lambda image, region: ({p: probabilities for p in planes.PLANES}, probabilities, Region.whole(grid, OFF))
+        segmentation = model.segment(series)
+        assert (segmentation.classes == expected).all()
+        assert all((c == hernia).all() for c in segmentation.plane_classes.values())
+
+
+@pytest.mark.parametrize("text, reason", [("hernia=0", "positive and finite"), ("hernia=nan", "positive and finite"),
+                                          ("bone=2", "not classes of these networks"), ("hernia", "not name=factor")])
+def test_a_bad_class_scale_is_refused_with_the_file(tmp_path, text, reason):
+    assert pipeline.class_scale_from_parameter(pipeline.class_scale_parameter({"hernia": 0.55, "disc": 2.0})) == \
+        {"hernia": 0.55, "disc": 2.0}
+    assert pipeline.class_scale_from_parameter("") == {} and pipeline.class_scale_vector({}, tissues.TISSUE_NAMES) is None
+    with pytest.raises(ValueError, match=reason):
+        pipeline.class_scale_vector(pipeline.class_scale_from_parameter(text), tissues.TISSUE_NAMES)
+    if "=" in text:  # the same in a weights folder: refused on load, naming its model.json
+        (tmp_path / pipeline.MODEL_FILE).write_text(json.dumps(
+            {"preset": "lite", "spacing_mm": 1.5, "tissues": list(tissues.TISSUE_NAMES),
+             "class_scale": pipeline.class_scale_from_parameter(text)}))
+        with pytest.raises(pipeline.ConfigError, match=f"{pipeline.MODEL_FILE}.*{reason}"):
+            pipeline.ModelInfo.load(tmp_path)
 
 
 @pytest.mark.parametrize("seed", [0, 3])

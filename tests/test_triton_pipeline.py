@@ -40,6 +40,7 @@ pytestmark = pytest.mark.slow  # an export and a server start: about 2.5 minutes
 
 LUMBARSEG = str(Path(sys.executable).parent / "lumbarseg")
 SPACING = 3.0  # a coarse model grid keeps the untrained networks cheap on a shared CPU
+CLASS_SCALE = {"hernia": 0.5, "disc": 2.0}  # the weights' class factors (ModelInfo.class_scale)
 PARITY = 0.999  # share of voxels with identical classes, Triton vs in-process
 
 
@@ -89,9 +90,11 @@ def weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     k = tissues.NUM_TISSUES
-    # 2.5D input (planes.slice_context) on a one-contrast study: the server cuts the same slices
+    # 2.5D input (planes.slice_context) on a one-contrast study: the server cuts the same slices;
+    # class factors (ModelInfo.class_scale): the server decides the fused classes as in process
     pipeline.save_model(folder, {p: plane_net(preset="lite", num_classes=k) for p in planes.PLANES},
-                        fusion_net(num_classes=k), {"preset": "lite", "spacing_mm": SPACING, "slice_context": True})
+                        fusion_net(num_classes=k), {"preset": "lite", "spacing_mm": SPACING, "slice_context": True,
+                                                    "class_scale": CLASS_SCALE})
     return folder
 
 
@@ -157,6 +160,7 @@ def test_export_checks_every_network_against_pytorch(exported):
     for config in ("config.pbtxt", "configs/cpu.pbtxt"):
         parameters = read_config(repository / "spine_pipeline" / config).parameters
         assert parameters["spacing_mm"].string_value == "3" and parameters["slice_context"].string_value == "true"
+        assert pipeline.class_scale_from_parameter(parameters["class_scale"].string_value) == CLASS_SCALE
 
 
 def fusion_requests(admin: http.InferenceServerClient) -> int:
@@ -214,7 +218,10 @@ def test_classes_output_and_health(served, local):
         image = np.random.default_rng(0).random((3, 17, 23, 12), dtype=np.float32)
         out = client.infer(image, ["CLASSES", "PROBABILITIES", "AXIAL_CLASSES", "AXIAL_PROBABILITIES"])
     assert out["CLASSES"].dtype == np.uint8 and out["CLASSES"].shape == (17, 23, 12)
-    np.testing.assert_array_equal(out["CLASSES"], out["PROBABILITIES"].argmax(axis=0))
+    # the fused classes are decided with the weights' class factors; a plane's are its plain argmax
+    scale = pipeline.class_scale_vector(CLASS_SCALE, tissues.TISSUE_NAMES)[:, None, None, None]
+    np.testing.assert_array_equal(out["CLASSES"], (out["PROBABILITIES"] * scale).argmax(axis=0))
+    assert (out["CLASSES"] != out["PROBABILITIES"].argmax(axis=0)).any()
     assert out["AXIAL_CLASSES"].dtype == np.uint8
     np.testing.assert_array_equal(out["AXIAL_CLASSES"], out["AXIAL_PROBABILITIES"].argmax(axis=0))
 
@@ -237,8 +244,9 @@ def test_source_classes_are_resampled_to_the_requested_grid_within_the_limit(ser
     with TritonSegmenter(served["grpc"]) as client:
         out = client.infer(image, ["SOURCE_CLASSES", "PROBABILITIES"], source_shape=(30, 41, 20))
         assert out["SOURCE_CLASSES"].dtype == np.uint8
-        np.testing.assert_array_equal(out["SOURCE_CLASSES"],
-                                      pipeline.class_map(planes.resample(out["PROBABILITIES"], (30, 41, 20), "trilinear")))
+        assert client.scale is not None  # the weights' class_scale, from the served config
+        np.testing.assert_array_equal(out["SOURCE_CLASSES"], pipeline.class_map(
+            planes.resample(out["PROBABILITIES"], (30, 41, 20), "trilinear"), client.scale))
         with pytest.raises(TritonError, match=r"SOURCE_CLASSES needs the request parameter source_shape.*INVALID_ARGUMENT"):
             client.infer(image, ["SOURCE_CLASSES"])
         with pytest.raises(TritonError, match=r"source_shape must be three positive integers.*INVALID_ARGUMENT"):

@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lumbarseg import planes, tissues
-from lumbarseg.pipeline import Region, Segmentation, segment_series
+from lumbarseg.pipeline import (Region, Segmentation, class_scale_from_parameter, class_scale_vector,
+                                segment_series)
 from lumbarseg.triton.export import NETWORK_MODELS, PIPELINE
 from lumbarseg.io.study import Series, StudyError
 from lumbarseg.triton.server import DEFAULT_URL, TritonError, admin_headers, admin_key
@@ -188,6 +189,16 @@ class TritonSegmenter:
         return float(self.config["parameters"]["spacing_mm"]["string_value"])
 
     @property
+    def scale(self) -> np.ndarray | None:
+        """The fused classes' factor per class (the weights' ``class_scale``, written into the
+        config by ``lumbarseg export``; None from a repository exported before it): applied
+        here when the pipeline sends probabilities rather than classes."""
+        param = self.config["parameters"].get("class_scale")
+        if param is None:
+            return None
+        return class_scale_vector(class_scale_from_parameter(param["string_value"]), tissues.TISSUE_NAMES)
+
+    @property
     def limits(self) -> tuple[int | None, int | None]:
         """The pipeline's ``max_voxels`` (per channel) and ``max_extent`` (per axis), from its
         config; None where the config sets none."""
@@ -271,7 +282,7 @@ class TritonSegmenter:
             return self.predict(image, with_planes, region, probabilities=probabilities,
                                 source_shape=planes.canonical_shape(series))
 
-        return segment_series(series, self.spacing, predict)
+        return segment_series(series, self.spacing, predict, self.scale)
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -216,12 +216,12 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
     """Export ``weights`` (a :class:`lumbarseg.pipeline.Segmenter` folder) into ``repository``.
 
     Missing configs and model.py files are copied from the committed template; the pipeline's
-    ``spacing_mm``, ``tissues``, ``spine_region`` (:class:`lumbarseg.pipeline.RegionSettings`)
-    and ``slice_context`` (2.5D input) parameters are set from the weights. Each ``model.onnx`` is
-    written to a temporary file, checked, then moved into place (a failed export leaves the
-    previous model intact).
+    ``spacing_mm``, ``tissues``, ``spine_region`` (:class:`lumbarseg.pipeline.RegionSettings`),
+    ``slice_context`` (2.5D input) and ``class_scale`` (the fused classes' factors) parameters
+    are set from the weights. Each ``model.onnx`` is written to a temporary file, checked, then
+    moved into place (a failed export leaves the previous model intact).
     """
-    from lumbarseg.pipeline import Segmenter
+    from lumbarseg.pipeline import Segmenter, class_scale_parameter
 
     segmenter = Segmenter.load(weights)
     repository = Path(repository)
@@ -255,6 +255,7 @@ def export(weights: str | Path, repository: str | Path = TEMPLATE, version: int 
         _set_parameter(path, "tissues", ",".join(segmenter.info.tissues))
         _set_parameter(path, "spine_region", segmenter.region.parameter(), add=True)
         _set_parameter(path, "slice_context", str(segmenter.info.slice_context).lower(), add=True)
+        _set_parameter(path, "class_scale", class_scale_parameter(segmenter.info.class_scale), add=True)
         pipeline_config = read_config(path)
         for output in pipeline_config.output:
             if output.name.endswith("PROBABILITIES") and output.dims[0] != k:

@@ -28,6 +28,7 @@ PROBABILITIES = "PROBABILITIES"
 CLASSES = "CLASSES"
 REGION = "REGION"  # spine_pipeline output: lumbarseg.pipeline.Region.code() of where the networks ran
 REGION_PARAMETER = "spine_region"  # config parameter (settings) and request parameter (true/false)
+CLASS_SCALE_PARAMETER = "class_scale"  # config parameter: ModelInfo.class_scale (pipeline.class_scale_parameter)
 # SOURCE_CLASSES: the fused classes on the grid of the request parameter source_shape ("I,J,K":
 # the study's own grid, canonically oriented), so the client need not fetch the probabilities.
 SOURCE_CLASSES, SOURCE_SHAPE = "SOURCE_CLASSES", "source_shape"
@@ -123,6 +124,9 @@ class SpinePipeline:
         self.region = (pipeline.RegionSettings.from_parameter(setting) if setting
                        else pipeline.RegionSettings(enabled=False))
         self.context = parameters.get("slice_context", "false") == "true"  # 2.5D input (planes.slice_context)
+        # the fused classes' factor per class (ModelInfo.class_scale), written by `lumbarseg export`
+        class_scale = pipeline.class_scale_from_parameter(parameters.get(CLASS_SCALE_PARAMETER, ""))
+        self.scale = pipeline.class_scale_vector(class_scale, tuple(parameters["tissues"].split(",")))
         # On CPU the fusion model's own process only adds copies: a BLS call moved the 30-channel
         # fusion input (145 MB on a 39x147x210 grid) into the fusion's stub and the probabilities
         # back (end to end 1.03-1.19x in-process onnxruntime, 0.90-0.92x with the fusion run here;
@@ -188,8 +192,8 @@ class SpinePipeline:
             return _error(str(err), "UNAVAILABLE")
         if not any(name.startswith(plane.upper()) for name in wanted for plane in self.planes.PLANES):
             per_plane.clear()
-        outputs = {PROBABILITIES: lambda: fused, CLASSES: lambda: pipeline.class_map(fused), REGION: region.code,
-                   SOURCE_CLASSES: lambda: pipeline.source_classes(fused, source_shape)}
+        outputs = {PROBABILITIES: lambda: fused, CLASSES: lambda: pipeline.class_map(fused, self.scale),
+                   REGION: region.code, SOURCE_CLASSES: lambda: pipeline.source_classes(fused, source_shape, self.scale)}
         for plane in self.planes.PLANES:  # a plane's class map is 1/36 of its probabilities' bytes
             outputs[f"{plane.upper()}_{PROBABILITIES}"] = lambda p=plane: pipeline.paste(per_plane[p], region)
             outputs[f"{plane.upper()}_{CLASSES}"] = lambda p=plane: pipeline.paste(pipeline.class_map(per_plane[p]),
