@@ -48,16 +48,16 @@ class CachedSegmenter:
 
     def segment(self, series) -> pipeline.Segmentation:
         key = (series.source, series.shape)
-        if key not in self.cache:
-            def first(image):
+
+        def predict(image):
+            if key not in self.cache:
                 per_plane, fused, region = self.segmenter.predict(image)
                 self.cache[key] = ({p: pipeline.class_map(v) for p, v in per_plane.items()},
                                    fused.astype(np.float16), region)
-                return per_plane, fused, region
-            return pipeline.segment_series(series, self.segmenter.spacing, first, self.scale)
-        per_plane, fused, region = self.cache[key]
-        return pipeline.segment_series(series, self.segmenter.spacing,
-                                       lambda image: (per_plane, fused.astype(np.float32), region), self.scale)
+            per_plane, fused, region = self.cache[key]
+            return per_plane, fused.astype(np.float32), region
+
+        return pipeline.segment_series(series, self.segmenter.spacing, predict, self.scale)
 
 
 def youden(per_disc: dict) -> float | None:

@@ -21,18 +21,25 @@ def shared_data() -> Path:
     return path
 
 
-def security_probe():
-    """``benchmarks/security_probe.py`` as a module (loaded once): its raw HTTP client, its kinds
-    of hostile request and its stand-in Keycloak realm, which the tests send as the probe does."""
+def load_module(path: str):
+    """A script or benchmark of the repository (``path`` relative to its root) as a module,
+    loaded once per test session."""
     import importlib.util
     import sys
 
-    if "security_probe" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("security_probe", REPO / "benchmarks" / "security_probe.py")
+    name = Path(path).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["security_probe"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules["security_probe"]
+    return sys.modules[name]
+
+
+def security_probe():
+    """``benchmarks/security_probe.py`` as a module (loaded once): its raw HTTP client, its kinds
+    of hostile request and its stand-in Keycloak realm, which the tests send as the probe does."""
+    return load_module("benchmarks/security_probe.py")
 
 
 def free_port() -> int:

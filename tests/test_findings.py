@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_module
 from lumbarseg import cli, findings, measure, phantom, pipeline, tissues
 from lumbarseg.analysis import analyse
 from lumbarseg.datasets import tissue_target
@@ -108,21 +109,12 @@ def test_the_per_level_table_marks_what_the_report_doubts():
     assert "no disc found" in rows["L2-L3"]
 
 
-def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_class_scale_sweep_reuses_the_networks_and_chooses_by_the_specificity_target():
     """scripts/tune_class_scale.py: its cache runs the networks once per series and gives the
     classes a segmenter with that class_scale gives; the choice is the most sensitive factor
     reaching the specificity target among those that keep the stenosis grades, else the best
     Youden index."""
-    tune = _script("tune_class_scale")
+    tune = load_module("scripts/tune_class_scale.py")
     series = Series(np.zeros((1, 12, 20, 16), np.float32), np.diag([4.0, 1.5, 1.5, 1.0]), ("t2w",), "vol")
     hernia, disc = tissues.TISSUE_NAMES.index("hernia"), tissues.TISSUE_NAMES.index("disc")
 
@@ -155,7 +147,7 @@ def test_the_class_scale_sweep_reuses_the_networks_and_chooses_by_the_specificit
 def test_the_hernia_class_sweep_re_decides_discs_from_their_evidence():
     """scripts/tune_hernia_class.py: every setting decides each disc as herniation_decision
     would (a disc failing the hernia-class rule falls through to the corner line)."""
-    tune = _script("tune_hernia_class")
+    tune = load_module("scripts/tune_hernia_class.py")
     big = {"hernia_class_mm3": 200.0, "hernia_class_reach_mm": 6.0}
     small = {"hernia_class_mm3": 30.0, "hernia_class_reach_mm": 4.0}
     line = {"hernia_class_mm3": 0.0, "corner_line_profile": [[x, 5.0 if x == 0 else 0.5] for x in range(-4, 5)]}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_module
 from lumbarseg import cli, datasets, io, phantom, pipeline, tissues
 from lumbarseg.config import ConfigError
 from lumbarseg.evaluation import evaluate
@@ -108,11 +109,7 @@ def test_a_2_5d_preset_trains_2_5d_networks_and_never_mixes_them_with_2d_ones(tr
 def test_the_plane_experiment_scores_each_arm_per_set_on_the_fusion_group(trained, phantom_data, tmp_path):
     """scripts/plane_experiment.py: arms train the plane as ``lumbarseg train`` does (a second
     run resumes from the arm's checkpoint and scores the same) and are scored on fusion studies."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("plane_experiment", REPO / "scripts" / "plane_experiment.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = load_module("scripts/plane_experiment.py")
     _, model = trained
     preset = json.loads((REPO / "configs" / "training" / "smoke.json").read_text()) | {"slice_context": True}
     (tmp_path / "smoke_2_5d.json").write_text(json.dumps(preset))
@@ -183,11 +180,7 @@ def test_a_restarted_fusion_starts_from_the_planes_average_not_from_the_one_it_r
 def test_the_fusion_experiment_scores_k_fold_variants_per_set(trained, phantom_data, tmp_path):
     """scripts/fusion_experiment.py --oof-preset: the ``oof`` variants learn on the k-fold
     predictions besides the fusion group, and a second run reuses the saved fold predictions."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fusion_experiment", REPO / "scripts" / "fusion_experiment.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = load_module("scripts/fusion_experiment.py")
     preset = json.loads((REPO / "configs" / "training" / "smoke.json").read_text())
     preset["phantoms"] |= {"train": 2, "fusion": 2}
     (tmp_path / "smoke_two.json").write_text(json.dumps(preset))

@@ -3,24 +3,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_module
 from lumbarseg import findings
 
-REPO = Path(__file__).resolve().parents[1]
 NON_HOLDOUT = ["train", "fusion"]
 
 
 @pytest.fixture(scope="module")
 def table_script():
-    spec = importlib.util.spec_from_file_location("validation_table", REPO / "scripts" / "validation_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("scripts/validation_table.py")
 
 
 def phantom_row(subject: str, hernia: list[tuple[bool, bool]], grades: list[tuple[str, str]], named: int) -> dict:
