@@ -211,6 +211,22 @@ def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datas
     return volume
 
 
+def _cached_phantom(seed: int, hernia_probability: float, spacing: float, cache: Path) -> datasets.TrainingVolume:
+    """A preset's phantom, prepared once per cache folder: rendering one takes seconds, and runs that
+    share a cache (the rounds of an active-learning simulation) draw the same seeds. The generator's
+    source is part of the key, so a changed generator never serves a stale phantom."""
+    from lumbarseg import phantom
+
+    source = hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(repr((CACHE_VERSION, source, seed, hernia_probability, spacing)).encode()).hexdigest()[:16]
+    path = cache / f"phantom_{seed}_{key}.npz"
+    if path.is_file():
+        return datasets.load_volume(path)
+    volume = datasets.prepare(phantom.generate(seed, hernia_probability=hernia_probability), spacing)
+    datasets.save_volume(volume, path)
+    return volume
+
+
 def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
                     split: dict | None = None) -> dict[str, list[datasets.TrainingVolume]]:
     """Training and fusion volumes from data folders plus phantoms; holdout subjects are skipped."""
@@ -229,12 +245,10 @@ def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
             for group in groups:
                 out[group].append(volume)
     draw = preset.phantoms
-    if draw.train or draw.fusion:
-        from lumbarseg import phantom
     for group, count, offset in (("train", draw.train, 0), ("fusion", draw.fusion, 100_000)):
-        for i in range(count):
-            study = phantom.generate(draw.seed + offset + i, hernia_probability=draw.hernia_probability)
-            out[group].append(datasets.prepare(study, preset.spacing_mm))
+        for i in tqdm(range(count), desc=f"{group} phantoms", unit="phantom", disable=not count):
+            out[group].append(_cached_phantom(draw.seed + offset + i, draw.hernia_probability,
+                                              preset.spacing_mm, cache))
     if not out["train"]:
         raise StudyError(", ".join(map(str, data_dirs)), "no training studies")
     return out

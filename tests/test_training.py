@@ -255,6 +255,20 @@ def test_new_subjects_of_a_split_set_are_scored_as_unseen_and_never_trained_on(t
     assert [v.key for v in volumes["train"]] == [v.key for v in volumes["fusion"]] == ["lumbar_vb_t2/new0"]
 
 
+def test_preset_phantoms_are_rendered_once_per_cache(tmp_path, monkeypatch, phantom_data):
+    rendered = []
+    generate = phantom.generate
+    monkeypatch.setattr(phantom, "generate", lambda seed, **kw: rendered.append(seed) or generate(seed, **kw))
+    preset = replace(TrainingPreset.load("smoke"), phantoms=PhantomDraw(train=1, fusion=0, seed=5))
+    first = collect_volumes([phantom_data], preset, tmp_path / "cache")["train"][-1]
+    again = collect_volumes([phantom_data], preset, tmp_path / "cache")["train"][-1]
+    assert rendered == [5]  # the second run read the cache
+    assert again.key == first.key and np.array_equal(again.image, first.image) and np.array_equal(again.target, first.target)
+    other = replace(preset, phantoms=PhantomDraw(train=1, fusion=0, seed=5, hernia_probability=0.9))
+    collect_volumes([phantom_data], other, tmp_path / "cache")
+    assert rendered == [5, 5]  # another draw of the same seed is another phantom
+
+
 def test_bad_training_input_names_the_file(tmp_path):
     with pytest.raises(StudyError, match="no manifest.csv"):
         train(TrainingPreset.load("smoke"), [tmp_path], tmp_path / "run")
