@@ -12,6 +12,7 @@ every epoch and a rerun resumes where the last one stopped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -197,18 +198,33 @@ def group_of(entry: manifest.ManifestEntry, split: dict) -> str:
     return groups_of(entry, split)[0]
 
 
+def _prepared_once(cache: Path, name: str, key: tuple, spacing: float, study) -> datasets.TrainingVolume:
+    """``study()`` prepared at ``spacing`` mm, kept as ``cache/<name>_<hash>.npz`` (the hash of
+    ``key``, the spacing and :data:`CACHE_VERSION`) and read from there when it exists."""
+    digest = hashlib.sha256(repr((CACHE_VERSION, *key, spacing)).encode()).hexdigest()[:16]
+    path = cache / f"{name}_{digest}.npz"
+    if path.is_file():
+        return datasets.load_volume(path)
+    volume = datasets.prepare(study(), spacing)
+    datasets.save_volume(volume, path)
+    return volume
+
+
 def _cached(entry: manifest.ManifestEntry, spacing: float, cache: Path) -> datasets.TrainingVolume:
     missing = [p for p in (entry.image, entry.label) if p and not p.is_file()]
     if missing:
         raise StudyError(missing[0], "file not found")
     stat = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (entry.image, entry.label) if p]
-    key = hashlib.sha256(repr((CACHE_VERSION, str(entry.image), stat, spacing, sorted(entry.structures.items()))).encode()).hexdigest()[:16]
-    path = cache / f"{entry.set}_{entry.subject}_{key}.npz"
-    if path.is_file():
-        return datasets.load_volume(path)
-    volume = datasets.prepare(manifest.load_entry(entry), spacing)
-    datasets.save_volume(volume, path)
-    return volume
+    return _prepared_once(cache, f"{entry.set}_{entry.subject}",
+                          (str(entry.image), stat, sorted(entry.structures.items())), spacing,
+                          lambda: manifest.load_entry(entry))
+
+
+@functools.cache
+def _phantom_source() -> str:
+    from lumbarseg import phantom
+
+    return hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()
 
 
 def _cached_phantom(seed: int, hernia_probability: float, spacing: float, cache: Path) -> datasets.TrainingVolume:
@@ -217,14 +233,8 @@ def _cached_phantom(seed: int, hernia_probability: float, spacing: float, cache:
     source is part of the key, so a changed generator never serves a stale phantom."""
     from lumbarseg import phantom
 
-    source = hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()
-    key = hashlib.sha256(repr((CACHE_VERSION, source, seed, hernia_probability, spacing)).encode()).hexdigest()[:16]
-    path = cache / f"phantom_{seed}_{key}.npz"
-    if path.is_file():
-        return datasets.load_volume(path)
-    volume = datasets.prepare(phantom.generate(seed, hernia_probability=hernia_probability), spacing)
-    datasets.save_volume(volume, path)
-    return volume
+    return _prepared_once(cache, f"phantom_{seed}", (_phantom_source(), seed, hernia_probability), spacing,
+                          lambda: phantom.generate(seed, hernia_probability=hernia_probability))
 
 
 def collect_volumes(data_dirs: list[Path], preset: TrainingPreset, cache: Path,
